@@ -1,0 +1,218 @@
+"""Known datasets: where their files live, which columns hold text/labels/targets, and where to download them.
+
+A :class:`DatasetSpec` only describes a dataset; :mod:`scratchlm.data.sources` does the reading. File
+names and columns match the shared data folder (``$SCRATCHLM_DATA_DIR/<folder>/<file>``, see its README)
+and, where one exists, the dataset's Hugging Face version, so a download lands in the same layout.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+
+class UnknownDatasetError(KeyError, ValueError):
+    """A dataset name that is not in :data:`DATASETS` (catchable as KeyError or ValueError)."""
+
+    def __str__(self) -> str:  # KeyError would print the message wrapped in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to find and read one dataset. ``splits`` maps split name -> file name inside the dataset folder."""
+
+    name: str
+    description: str
+    splits: dict[str, str]
+    text_column: str
+    label_column: str | None = None
+    # seq2seq output column (summary / translation); the input is ``text_column``
+    target_column: str | None = None
+    label_names: tuple[str, ...] | None = None
+    hf_id: str | None = None
+    hf_config: str | None = None
+    # file name -> official download URL; files without one fall back to the Hugging Face hub
+    urls: dict[str, str] = field(default_factory=dict)
+    license: str = "unknown"
+    # fine to use as generic pretraining text (see ``pretrain_splits`` for which splits)
+    general_text: bool = False
+    # splits safe to pretrain on: held-out splits are excluded so evaluation stays clean
+    pretrain_splits: tuple[str, ...] = ()
+    # split -> (start, end) fraction of the characters of a single-file corpus (nanoGPT-style split)
+    derived_splits: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # hub column name -> our column name, for hub copies whose names differ
+    hf_columns: dict[str, str] = field(default_factory=dict)
+    # sub-folder of the data/cache dir; defaults to ``name``
+    folder: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.folder:
+            object.__setattr__(self, "folder", self.name)  # frozen: set the default through object
+
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        return tuple(self.splits)
+
+    @property
+    def is_seq2seq(self) -> bool:
+        return self.target_column is not None
+
+    def file_for(self, split: str) -> str:
+        """File name (in the dataset folder) holding ``split``; ValueError listing the splits if absent."""
+        if split not in self.splits:
+            raise ValueError(
+                f"dataset {self.name!r} has no split {split!r}; it has: {', '.join(self.splits)}"
+            )
+        return self.splits[split]
+
+
+_TINYSHAKESPEARE_URL = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+)
+# pytorch/examples ships the WikiText-2 v1 token files byte-identically (the original Salesforce zip is gone)
+_WIKITEXT2_URL = (
+    "https://raw.githubusercontent.com/pytorch/examples/77f55b912142e11fcfdf5b530231fb9c52f181e8/"
+    "word_language_model/data/wikitext-2/{}.txt"
+)
+
+_SPECS: list[DatasetSpec] = [
+    DatasetSpec(
+        name="tinyshakespeare",
+        description="~1.1 MB of Shakespeare plays (char-rnn input.txt); nanoGPT 90/10 character split.",
+        splits={"train": "input.txt", "validation": "input.txt"},
+        text_column="text",
+        urls={"input.txt": _TINYSHAKESPEARE_URL},
+        license="public domain (char-rnn: MIT)",
+        general_text=True,
+        pretrain_splits=("train",),
+        derived_splits={"train": (0.0, 0.9), "validation": (0.9, 1.0)},
+    ),
+    DatasetSpec(
+        name="wikipedia_en",
+        description=(
+            "English Wikipedia plain text (WikiExtractor, 2015 dump subset): 3,643 train / 95 val articles."
+        ),
+        splits={"train": "train.parquet", "validation": "validation.parquet"},
+        text_column="text",
+        license="CC BY-SA 3.0 / GFDL",
+        general_text=True,
+        pretrain_splits=("train",),
+    ),
+    DatasetSpec(
+        name="wikipedia_zh",
+        description=(
+            "Chinese Wikipedia plain text (2023 dump subset, Simplified via OpenCC): 26,385 "
+            "train / 1,209 val."
+        ),
+        splits={"train": "train.parquet", "validation": "validation.parquet"},
+        text_column="text",
+        license="CC BY-SA 4.0 / GFDL",
+        general_text=True,
+        pretrain_splits=("train",),
+    ),
+    DatasetSpec(
+        name="wikitext2",
+        description="WikiText-2 v1 (tokenized, <unk>), validation/test only; one row per article. LM eval.",
+        splits={"validation": "wiki.valid.tokens", "test": "wiki.test.tokens"},
+        text_column="text",
+        hf_id="Salesforce/wikitext",
+        hf_config="wikitext-2-v1",
+        urls={
+            "wiki.valid.tokens": _WIKITEXT2_URL.format("valid"),
+            "wiki.test.tokens": _WIKITEXT2_URL.format("test"),
+        },
+        license="CC BY-SA 3.0 / GFDL",
+        folder="wikitext",
+    ),
+    DatasetSpec(
+        name="imdb",
+        description=(
+            "IMDb movie reviews (Maas et al. 2011): sentiment + 50k unlabeled; raw text keeps <br /> tags."
+        ),
+        splits={"train": "train.parquet", "test": "test.parquet", "unsupervised": "unsupervised.parquet"},
+        text_column="text",
+        label_column="label",
+        label_names=("neg", "pos"),
+        hf_id="stanfordnlp/imdb",
+        license="research use (no formal licence)",
+        general_text=True,
+        pretrain_splits=("train", "unsupervised"),
+    ),
+    DatasetSpec(
+        name="sms_spam",
+        description="UCI SMS Spam Collection v.1: 5,574 English SMS, ham/spam; single train split.",
+        splits={"train": "train.parquet"},
+        text_column="sms",
+        label_column="label",
+        label_names=("ham", "spam"),
+        hf_id="ucirvine/sms_spam",
+        license="CC BY 4.0",
+    ),
+    DatasetSpec(
+        name="tatoeba_cmn_eng",
+        description=(
+            "Tatoeba English-Mandarin sentence pairs (ManyThings cmn.txt): 29,155 pairs; train split only."
+        ),
+        splits={"train": "train.parquet"},
+        text_column="en",
+        target_column="zh",
+        license="CC-BY 2.0 FR (keep the attribution column)",
+    ),
+    DatasetSpec(
+        name="chnsenticorp",
+        description=(
+            "ChnSentiCorp Chinese review sentiment; test is unlabeled (label -1), evaluate on validation."
+        ),
+        splits={"train": "train.parquet", "validation": "validation.parquet", "test": "test.parquet"},
+        text_column="text",
+        label_column="label",
+        label_names=("negative", "positive"),
+        hf_id="seamew/ChnSentiCorp",
+        license="non-commercial research/teaching (Baidu LUGE agreement)",
+    ),
+    DatasetSpec(
+        name="aeslc",
+        description="AESLC: Enron e-mail body -> subject line summarization (14,436 / 1,960 / 1,906).",
+        splits={"train": "train.parquet", "validation": "validation.parquet", "test": "test.parquet"},
+        text_column="email_body",
+        target_column="subject_line",
+        hf_id="Yale-LILY/aeslc",
+        license="CC BY-NC-SA 4.0",
+    ),
+    DatasetSpec(
+        name="csl_ts",
+        description=(
+            "CSL Chinese scientific abstract -> title summarization; validation/test (1,000 each) only."
+        ),
+        splits={"validation": "validation.parquet", "test": "test.parquet"},
+        text_column="document",
+        target_column="summary",
+        license="Apache-2.0",
+    ),
+    DatasetSpec(
+        name="ag_news",
+        description="AG News 4-class topic classification; test split (7,600) only; text has ' #39;' quirks.",
+        splits={"test": "test.parquet"},
+        text_column="text",
+        label_column="label",
+        label_names=("World", "Sports", "Business", "Sci/Tech"),
+        hf_id="fancyzhx/ag_news",
+        license="non-commercial research/education",
+    ),
+]
+
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The spec registered as ``name``; UnknownDatasetError lists the known names (and a close match)."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        close = difflib.get_close_matches(str(name), list(DATASETS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownDatasetError(
+            f"unknown dataset {name!r}.{hint} Known datasets: {', '.join(sorted(DATASETS))}. "
+            "For your own data pass a path to a .txt/.jsonl/.csv/.parquet file or a folder of them."
+        ) from None

@@ -1,0 +1,63 @@
+"""The training section of every recipe (pretraining, fine-tuning, baselines, distillation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"
+    seed: int = 1337
+    # how long: whichever limit comes first
+    max_steps: int = 1000
+    max_time_s: float | None = None  # wall-clock budget; stops cleanly, evaluates and saves
+    # batch: global batch (sequences per optimizer step) = micro_batch_size * grad_accum * world_size
+    micro_batch_size: int = 16
+    global_batch_size: int | None = None  # None = micro_batch_size * world_size (no accumulation)
+    # optimizer: AdamW, decoupled weight decay, no decay on norms/biases/embeddings
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    decay_steps: int | None = None  # horizon of the decay; None = max_steps
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 = off
+    # numerics and speed
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware runs it fast
+    compile: Literal["auto", "on", "off"] = "auto"
+    threads: int | None = None  # CPU intra-op threads; None = torch default
+    # evaluation, early stopping, checkpoints, logs
+    eval_interval: int = 200
+    eval_batches: int = 20  # batches of micro_batch_size per evaluation; 0 = the whole validation set
+    eval_at_start: bool = False
+    log_interval: int = 10
+    save_interval: int = 500
+    keep_last: int = 2
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = off
+    best_metric: str = "val_loss"
+    best_mode: Literal["min", "max"] = "min"
+    resume: bool = False  # continue from out_dir/checkpoints/last when it exists
+    max_bad_steps: int = 3  # consecutive non-finite losses before stopping with an error
+    progress: bool = True
+    tensorboard: bool = True
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"  # under torchrun
+
+    def validate(self) -> None:
+        if self.max_steps <= 0:
+            raise ValueError(f"train.max_steps must be positive, got {self.max_steps}")
+        if self.micro_batch_size <= 0:
+            raise ValueError(f"train.micro_batch_size must be positive, got {self.micro_batch_size}")
+        if self.global_batch_size is not None and self.global_batch_size <= 0:
+            raise ValueError(f"train.global_batch_size must be positive, got {self.global_batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")

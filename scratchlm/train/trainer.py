@@ -1,0 +1,425 @@
+"""The one training loop: pretraining, fine-tuning, baselines and distillation all run through it.
+
+A stage supplies a ``Task``: the module to save, a loss module, deterministic micro-batches for a
+given step, and an evaluation. The loop owns everything else: accumulation, clipping, schedule,
+precision, compile, DDP/FSDP, NaN guards, evaluation, early stopping, checkpoints, logs and progress.
+
+Batches are a pure function of (seed, step, micro-step, rank), and every RNG state is saved, so a run
+resumed from any checkpoint is bit-identical to one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import checkpoint as ckpt
+from . import distributed as dist_utils
+from .config import TrainConfig
+from .hardware import autocast, measure_matmul_peak, pick_device, pick_dtype
+from .metrics_log import MetricsLogger
+from .optim import build_optimizer, lr_at
+
+
+class TrainingDivergedError(RuntimeError):
+    """Raised after ``max_bad_steps`` consecutive non-finite losses or gradients."""
+
+
+class Task(Protocol):
+    """What a training stage provides to the loop."""
+
+    model: nn.Module  # what is saved (weights in model.safetensors)
+
+    def loss_module(self) -> nn.Module:
+        """A module whose ``forward(batch) -> (loss_sum, count)`` computes the summed loss and the number
+        of units (tokens, examples) it sums over; it wraps ``model`` and may add nothing else trainable."""
+
+    def micro_batches(self, step: int, n_micro: int, micro_batch_size: int, rank: int,
+                      world_size: int) -> list[dict[str, torch.Tensor]]:
+        """The micro-batches of optimizer step ``step`` for this rank; deterministic."""
+
+    def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]:
+        """Validation metrics (e.g. val_loss, val_ppl, val_bpb)."""
+
+    def batch_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Tokens processed by one micro-batch (for tokens/s and MFU)."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    out_dir: Path
+    model_dir: Path
+    best_metric: float | None
+    best_step: int | None
+    last_eval: dict[str, float] = field(default_factory=dict)
+    stopped_because: str = "max_steps"
+    train_seconds: float = 0.0
+
+
+def _rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state().tolist(),
+        "numpy": [str(x) for x in np.random.get_state()[1].tolist()],
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": json.loads(json.dumps(random.getstate(), default=list)),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    keys = np.array([int(x) for x in state["numpy"]], dtype=np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, task: Task, *, run_config: dict, tokenizer=None,
+                 flops_per_token: float | None = None) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.task = task
+        self.run_config = run_config  # the resolved recipe, saved as config.json in every checkpoint
+        self.tokenizer = tokenizer
+        self.flops_per_token = flops_per_token
+        self.device = pick_device(cfg.device)
+        self.dist = dist_utils.init(self.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.dtype = pick_dtype(cfg.precision, self.device)
+        self.out_dir = Path(cfg.out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        world = self.dist.world_size
+        gbs = cfg.global_batch_size or cfg.micro_batch_size * world
+        if gbs % (cfg.micro_batch_size * world):
+            raise ValueError(f"train.global_batch_size ({gbs}) must be a multiple of micro_batch_size "
+                             f"({cfg.micro_batch_size}) x processes ({world})")
+        self.grad_accum = gbs // (cfg.micro_batch_size * world)
+        self.global_batch_size = gbs
+        self.step = 0
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.evals_without_improvement = 0
+        self.bad_steps = 0
+        self.tokens_seen = 0
+        self.elapsed = 0.0  # training seconds, carried across resumes (the wall-clock budget uses it)
+        self.last_eval: dict[str, float] = {}
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed + self.dist.rank)
+        self.task.model.to(self.device)
+        self.loss_module = self.task.loss_module().to(self.device)
+        use_compile = cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda")
+        self.wrapped = dist_utils.wrap(self.loss_module, self.dist, cfg.distributed, self.device)
+        self.runner = torch.compile(self.wrapped) if use_compile else self.wrapped
+        self.compiled = use_compile
+        self.optimizer = build_optimizer(self.task.model, cfg)
+        self.is_fsdp = self.dist.enabled and cfg.distributed == "fsdp"
+
+    def _maybe_resume(self) -> None:
+        if not self.cfg.resume:
+            return
+        try:
+            folder = ckpt.resolve(self.ckpt_dir)
+        except ckpt.CheckpointError:
+            self._print(f"resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
+            return
+        ckpt.verify(folder)
+        state = json.loads((folder / "trainer_state.json").read_text("utf-8"))
+        saved_model = ckpt.read_config(folder).get("model")
+        current_model = self.run_config.get("model")
+        if saved_model is not None and current_model is not None and saved_model != current_model:
+            raise ckpt.CheckpointError(f"cannot resume from {folder}: its model config differs from this "
+                                       f"run's ({_dict_diff(saved_model, current_model)})")
+        self._load_model_and_optimizer(folder)
+        self.step = state["step"]
+        self.best_metric, self.best_step = state.get("best_metric"), state.get("best_step")
+        self.evals_without_improvement = state.get("evals_without_improvement", 0)
+        self.tokens_seen = state.get("tokens_seen", 0)
+        self.elapsed = state.get("elapsed", 0.0)
+        self.last_eval = state.get("last_eval", {})
+        rngs = state.get("rng", [])
+        if state.get("world_size") == self.dist.world_size and self.dist.rank < len(rngs):
+            _set_rng_state(rngs[self.dist.rank])
+        else:
+            self._print("resume: process count changed, RNG streams are re-seeded (data order is unchanged)")
+            seed_everything(self.cfg.seed + self.dist.rank + 1000003 * self.step)
+        self._print(f"resumed from {folder} at step {self.step}")
+
+    def _load_model_and_optimizer(self, folder: Path) -> None:
+        tensors = ckpt.load_tensors(folder)
+        opt_state = ckpt.load_optimizer_state(folder)
+        if self.is_fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+            set_model_state_dict(self.task.model, tensors, options=opts)
+            set_optimizer_state_dict(self.task.model, self.optimizer, opt_state, options=opts)
+        else:
+            ckpt.load_model_weights(self.task.model, tensors, str(folder))
+            self.optimizer.load_state_dict(opt_state)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        self._build()
+        self._maybe_resume()
+        logger = MetricsLogger(self.out_dir, tensorboard=cfg.tensorboard, enabled=self.dist.is_main)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(self.run_config, indent=2,
+                                                                 ensure_ascii=False) + "\n", "utf-8")
+        peak = measure_matmul_peak(self.device, self.dtype) if self.flops_per_token else None
+        self._print(f"device {self.device}, compute dtype {str(self.dtype).replace('torch.', '')}, "
+                    f"compile {'on' if self.compiled else 'off'}, processes {self.dist.world_size}, "
+                    f"global batch {self.global_batch_size} = {cfg.micro_batch_size} x {self.grad_accum} accum "
+                    f"x {self.dist.world_size}" + (f", matmul peak {peak / 1e9:.0f} GFLOP/s" if peak else ""))
+        bar = self._progress()
+        stopped = "max_steps"
+        window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
+        if cfg.eval_at_start and self.step == 0:
+            self._evaluate(logger)
+        while self.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            loss, tokens, grad_norm, finite = self._train_step()
+            dt = time.perf_counter() - t0
+            self.elapsed += dt
+            self.step += 1
+            if not finite:
+                self.bad_steps += 1
+                self._print(f"step {self.step}: non-finite loss or gradient ({loss}); update skipped "
+                            f"({self.bad_steps}/{cfg.max_bad_steps})")
+                if self.bad_steps >= cfg.max_bad_steps:
+                    raise TrainingDivergedError(
+                        f"{self.bad_steps} consecutive non-finite losses at step {self.step}: training "
+                        f"diverged. Lower train.lr or raise train.warmup_steps; the last good checkpoint "
+                        f"in {self.ckpt_dir} was not overwritten")
+            else:
+                self.bad_steps = 0
+                self.tokens_seen += tokens
+                window_tokens += tokens
+                window_time += dt
+                window_loss += loss
+                window_n += 1
+            if bar is not None:
+                bar.update(1)
+            if window_n and (self.step % cfg.log_interval == 0 or self.step == cfg.max_steps):
+                tps = window_tokens / max(window_time, 1e-9)
+                row = {"loss": window_loss / window_n, "lr": lr_at(self.step - 1, cfg), "grad_norm": grad_norm,
+                       "tokens_per_s": tps, "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed}
+                if peak and self.flops_per_token:
+                    row["mfu"] = self.flops_per_token * tps / (peak * self.dist.world_size)
+                logger.log(self.step, row)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tps:,.0f}",
+                                    **({"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {}))
+                window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
+            out_of_time = cfg.max_time_s is not None and self.elapsed >= cfg.max_time_s
+            out_of_time = dist_utils.broadcast_flag(out_of_time, self.dist, self.device)
+            last = self.step >= cfg.max_steps or out_of_time
+            stop_early = False
+            if cfg.eval_interval and (self.step % cfg.eval_interval == 0 or last):
+                stop_early = self._evaluate(logger)
+            if self.step % cfg.save_interval == 0 or last or stop_early:
+                self._save()
+            if out_of_time:
+                stopped = "max_time_s"
+                break
+            if stop_early:
+                stopped = "early_stopping"
+                break
+        if bar is not None:
+            bar.close()
+        if not self.last_eval or self.last_eval.get("step") != self.step:
+            if cfg.eval_interval:
+                self._evaluate(logger)
+            self._save()
+        model_dir = self._export_final()
+        logger.close()
+        dist_utils.barrier(self.dist)
+        return TrainResult(step=self.step, out_dir=self.out_dir, model_dir=model_dir,
+                           best_metric=self.best_metric, best_step=self.best_step, last_eval=self.last_eval,
+                           stopped_because=stopped, train_seconds=self.elapsed)
+
+    def _train_step(self) -> tuple[float, int, float, bool]:
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batches = self.task.micro_batches(self.step, self.grad_accum, cfg.micro_batch_size,
+                                          self.dist.rank, self.dist.world_size)
+        batches = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+                   for b in batches]
+        # Normalise by the global count of loss units so accumulation and processes weigh every token alike.
+        counts = torch.tensor([float(sum(_count(b) for b in batches))], device=self.device)
+        total = dist_utils.all_reduce_sum(counts, self.dist).item()
+        loss_sum = torch.zeros((), device=self.device)
+        tokens = 0
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1
+            ctx = self.wrapped.no_sync() if (self.dist.enabled and not sync and hasattr(self.wrapped, "no_sync")) \
+                else contextlib.nullcontext()
+            with ctx, autocast(self.device, self.dtype):
+                s, _ = self.runner(batch)
+            (s * (self.dist.world_size / max(total, 1.0))).backward()
+            loss_sum += s.detach().float()
+            tokens += self.task.batch_tokens(batch)
+        dist_utils.all_reduce_sum(loss_sum, self.dist)
+        loss = (loss_sum / max(total, 1.0)).item()
+        params = [p for p in self.task.model.parameters() if p.grad is not None]
+        if cfg.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        else:
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, tokens * self.dist.world_size, grad_norm, finite
+
+    # ---- evaluation, checkpoints ---------------------------------------------------------------
+    def _evaluate(self, logger: MetricsLogger) -> bool:
+        """Evaluate, track the best metric; return True when early stopping says stop."""
+        cfg = self.cfg
+        self.task.model.eval()
+        with torch.no_grad(), autocast(self.device, self.dtype):
+            metrics = self.task.evaluate(self.task.model, cfg.eval_batches)
+        self.task.model.train()
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self.last_eval = {**metrics, "step": self.step}
+        logger.log(self.step, metrics, kind="eval")
+        self._print(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        value = metrics.get(cfg.best_metric)
+        if value is None:
+            return False
+        better = self.best_metric is None or (value < self.best_metric if cfg.best_mode == "min"
+                                              else value > self.best_metric)
+        if better:
+            self.best_metric, self.best_step = value, self.step
+            self.evals_without_improvement = 0
+            self._save(best=True)
+        else:
+            self.evals_without_improvement += 1
+        stop = cfg.early_stopping_patience > 0 and self.evals_without_improvement >= cfg.early_stopping_patience
+        return dist_utils.broadcast_flag(stop, self.dist, self.device)
+
+    def _full_state(self) -> tuple[dict, dict]:
+        if self.is_fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_sd = get_model_state_dict(self.task.model, options=opts)
+            opt_sd = get_optimizer_state_dict(self.task.model, self.optimizer, options=opts)
+            return ckpt.model_state_from_dict(model_sd, self.task.model), opt_sd
+        return ckpt.model_state(self.task.model), self.optimizer.state_dict()
+
+    def _save(self, best: bool = False) -> None:
+        folder_name = f"step_{self.step:07d}"
+        if best and (self.ckpt_dir / folder_name / ckpt.MANIFEST).exists():
+            if self.dist.is_main:
+                ckpt.set_pointer(self.ckpt_dir, ckpt.BEST, folder_name)
+            return
+        model_sd, opt_sd = self._full_state()
+        rngs = dist_utils.all_gather_object(_rng_state(), self.dist)
+        if self.dist.is_main:
+            state = {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
+                     "best_metric": self.best_metric, "best_step": self.best_step,
+                     "evals_without_improvement": self.evals_without_improvement,
+                     "last_eval": self.last_eval, "world_size": self.dist.world_size, "rng": rngs,
+                     "data_position": {"step": self.step, "seed": self.cfg.seed}}
+            ckpt.save_checkpoint(self.ckpt_dir / folder_name, model_tensors=model_sd, config=self.run_config,
+                                 tokenizer=self.tokenizer, optimizer_state=opt_sd, trainer_state=state)
+            ckpt.set_pointer(self.ckpt_dir, ckpt.LATEST, folder_name)
+            if best:
+                ckpt.set_pointer(self.ckpt_dir, ckpt.BEST, folder_name)
+            ckpt.prune(self.ckpt_dir, self.cfg.keep_last)
+        dist_utils.barrier(self.dist)
+
+    def _export_final(self) -> Path:
+        """``out_dir/model``: the best (else last) weights with config and tokenizer, ready for --model."""
+        target = self.out_dir / "model"
+        if self.dist.is_main:
+            name = ckpt.read_pointer(self.ckpt_dir, ckpt.BEST) or ckpt.read_pointer(self.ckpt_dir, ckpt.LATEST)
+            source = self.ckpt_dir / name
+            tmp = self.out_dir / ".model.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for f in source.iterdir():
+                if f.name not in ("optimizer.safetensors", "optimizer.json", "trainer_state.json", ckpt.MANIFEST):
+                    shutil.copy2(f, tmp / f.name)
+            tensors = ckpt.load_tensors(tmp)
+            ckpt.save_checkpoint(target, model_tensors=tensors, config=ckpt.read_config(tmp),
+                                 tokenizer=self.tokenizer,
+                                 extra_files={"source.json": {"checkpoint": str(source), "step": int(name[5:])}})
+            shutil.rmtree(tmp, ignore_errors=True)
+        dist_utils.barrier(self.dist)
+        return target
+
+    # ---- output --------------------------------------------------------------------------------
+    def _progress(self):
+        if not (self.cfg.progress and self.dist.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+    def _print(self, msg: str) -> None:
+        if self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg)
+
+
+def _count(batch: dict) -> int:
+    if "count" in batch:
+        c = batch["count"]
+        return int(c.item() if torch.is_tensor(c) else c)
+    if "targets" in batch:
+        return int((batch["targets"] != -100).sum().item())
+    raise KeyError("a batch must carry 'count' or 'targets' so the loop can weigh it")
+
+
+def _dict_diff(a: dict, b: dict) -> str:
+    keys = sorted(set(a) | set(b))
+    diffs = [f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    return "; ".join(diffs[:5])
+
+
+def config_dict(**sections: Any) -> dict:
+    """Resolved config as a plain dict (dataclasses -> dicts)."""
+    from ..config import to_dict
+
+    return {k: (to_dict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in sections.items()}
