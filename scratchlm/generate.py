@@ -166,9 +166,9 @@ class _BatchDecoder:
         total = longest + cfg.max_new_tokens
         if total > mcfg.block_size:
             raise ValueError(
-                f"longest prompt ({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}) = {total} exceeds "
-                f"the model's context length (block_size) {mcfg.block_size}; shorten the prompt or lower "
-                f"max_new_tokens"
+                f"longest prompt ({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}) = {total} "
+                f"exceeds the model's context length (block_size) {mcfg.block_size}; shorten the prompt or "
+                f"lower max_new_tokens"
             )
         param = next(model.parameters())
         device, B = param.device, len(prompts)

@@ -1,0 +1,207 @@
+"""One entry point: ``scratchlm <verb>``. Verbs follow the pipeline: prepare -> pretrain -> generate -> evaluate.
+
+Recipe verbs take ``--config recipe.yaml`` plus dotted overrides in any of these forms:
+``--train.lr 3e-4``, ``--train.lr=3e-4`` or ``train.lr=3e-4``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def _overrides(extra: list[str]) -> list[str]:
+    out, i = [], 0
+    while i < len(extra):
+        item = extra[i]
+        if item.startswith("--") and "=" not in item:
+            if i + 1 >= len(extra):
+                raise ConfigError(f"override {item} needs a value")
+            out.append(f"{item[2:]}={extra[i + 1]}")
+            i += 2
+        elif "=" in item:
+            out.append(item.lstrip("-"))
+            i += 1
+        else:
+            raise ConfigError(f"unexpected argument {item!r}; overrides look like --section.field value")
+    return out
+
+
+def _recipe(path: str | None) -> Path | None:
+    """A recipe path, or the name of a recipe shipped in scratchlm/configs."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.exists():
+        return p
+    shipped = CONFIG_DIR / (path if path.endswith(".yaml") else f"{path}.yaml")
+    if shipped.exists():
+        return shipped
+    raise ConfigError(f"recipe not found: {path} (shipped recipes: "
+                      f"{', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.yaml')))})")
+
+
+def cmd_prepare(args, extra) -> int:
+    from .data.prepare import prepare
+    from .pretrain import build_config
+
+    cfg = build_config(_recipe(args.config), _overrides(extra))
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    out = Path(args.out or Path(cfg.train.out_dir) / "data")
+    data = prepare(cfg.data, out)
+    print(f"prepared {data.folder}: train {len(data.train.tokens):,} tokens, "
+          f"validation {len(data.val.tokens) if data.val is not None else 0:,} tokens")
+    return 0
+
+
+def cmd_pretrain(args, extra) -> int:
+    from .pretrain import build_config, run
+
+    cfg = build_config(_recipe(args.config), _overrides(extra))
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    if args.resume:
+        cfg.train.resume = True
+    report = run(cfg)
+    if report.get("model_dir"):
+        print(f"model: {report['model_dir']}\nreport: {Path(cfg.train.out_dir) / 'report.json'}")
+    return 0
+
+
+def cmd_generate(args, extra) -> int:
+    import torch
+
+    from .generate import SamplingConfig, stream
+    from .model.io import load_model
+
+    loaded = load_model(args.model)
+    cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                         stop_strings=tuple(args.stop or ()), seed=args.seed)
+    cfg.validate()
+    torch.set_grad_enabled(False)
+    prompts = args.prompt or [""]
+    for prompt in prompts:
+        sys.stdout.write(prompt)
+        for piece in stream(loaded.model, loaded.tokenizer, prompt, cfg):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_evaluate(args, extra) -> int:
+    import numpy as np
+    import torch
+
+    from .data.sources import load_texts
+    from .model.io import load_model
+    from .tasks.lm import evaluate_tokens, token_byte_lengths
+
+    loaded = load_model(args.model)
+    tok = loaded.tokenizer
+    source, _, split = args.data.partition(":")
+    texts = load_texts(source, split or "validation", args.column, data_dir=args.data_dir, dropna=True)
+    ids = [t for ids in tok.encode_batch(texts, eos=True) for t in ids]
+    metrics = evaluate_tokens(loaded.model, np.asarray(ids, dtype=np.int64), torch.as_tensor(token_byte_lengths(tok)))
+    metrics = {"data": args.data, "tokens": len(ids), **metrics}
+    print(json.dumps(metrics, indent=2) if args.json else
+          "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+    return 0
+
+
+def cmd_models(args, extra) -> int:
+    from .model.transformer import PRESETS, Transformer, preset
+
+    print(f"{'preset':>8} {'layers':>6} {'width':>5} {'heads':>5} {'kv':>3} {'ctx':>5} {'params':>9} "
+          f"{'MFLOP/tok':>9}  (vocab {args.vocab_size})")
+    for name in PRESETS:
+        cfg = preset(name, vocab_size=args.vocab_size)
+        import torch
+
+        with torch.device("meta"):
+            m = Transformer(cfg)
+        print(f"{name:>8} {cfg.n_layer:>6} {cfg.n_embd:>5} {cfg.n_head:>5} {cfg.n_kv_head:>3} {cfg.block_size:>5} "
+              f"{m.num_params() / 1e6:>8.2f}M {m.flops_per_token() / 1e6:>9.1f}")
+    return 0
+
+
+def cmd_quickstart(args, extra) -> int:
+    from .quickstart import run
+
+    return run(out_dir=args.out, minutes=args.minutes, data_dir=args.data_dir, extra=_overrides(extra))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scratchlm", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    def recipe_verb(name, fn, help_):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--config", help="recipe YAML (a path or a shipped recipe name)")
+        sp.add_argument("--data-dir", help="folder with the named datasets (default $SCRATCHLM_DATA_DIR)")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = recipe_verb("prepare", cmd_prepare, "clean a corpus, train the tokenizer, write token shards")
+    sp.add_argument("--out", help="output folder (default <train.out_dir>/data)")
+    sp = recipe_verb("pretrain", cmd_pretrain, "pretrain a decoder on a corpus (runs prepare first)")
+    sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.out_dir")
+
+    sp = sub.add_parser("generate", help="generate text from a trained model (KV cache, streaming)")
+    sp.add_argument("--model", required=True, help="model folder (run folder, checkpoint or exported model)")
+    sp.add_argument("prompt", nargs="*")
+    sp.add_argument("--max-new-tokens", type=int, default=200)
+    sp.add_argument("--temperature", type=float, default=0.8)
+    sp.add_argument("--top-k", type=int, default=None)
+    sp.add_argument("--top-p", type=float, default=0.95)
+    sp.add_argument("--repetition-penalty", type=float, default=1.1)
+    sp.add_argument("--stop", action="append", help="stop string (repeatable)")
+    sp.add_argument("--seed", type=int, default=None)
+    sp.set_defaults(fn=cmd_generate)
+
+    sp = sub.add_parser("evaluate", help="perplexity and bits-per-byte of a model on a dataset split or file")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--data", required=True, help="dataset[:split] or a file, e.g. wikitext2:test")
+    sp.add_argument("--column", default=None)
+    sp.add_argument("--data-dir", default=None)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_evaluate)
+
+    sp = sub.add_parser("models", help="list model presets with parameter counts and FLOPs/token")
+    sp.add_argument("--vocab-size", type=int, default=8192)
+    sp.set_defaults(fn=cmd_models)
+
+    sp = sub.add_parser("quickstart", help="the whole pipeline on real data in a few minutes")
+    sp.add_argument("--out", default="runs/quickstart")
+    sp.add_argument("--minutes", type=float, default=4.0, help="pretraining wall-clock budget")
+    sp.add_argument("--data-dir", default=None)
+    sp.set_defaults(fn=cmd_quickstart)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.verb not in ("prepare", "pretrain", "quickstart"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.fn(args, extra)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+        if os.environ.get("SCRATCHLM_DEBUG"):
+            raise
+        print(f"scratchlm {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

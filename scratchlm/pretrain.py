@@ -1,0 +1,106 @@
+"""The pretraining stage: prepare data, build the model, run the shared training loop, report bits-per-byte."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import ConfigError, apply_overrides, from_dict, load_yaml, parse_override, to_dict
+from .data.prepare import DataConfig, prepare
+from .data.shards import write_shard
+from .data.sources import load_texts
+from .model.transformer import PRESETS, ModelConfig, Transformer
+from .tasks.lm import LMTask, evaluate_tokens, token_byte_lengths
+from .train.config import TrainConfig
+from .train.trainer import Trainer
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    model_preset: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # held-out texts scored (bits-per-byte) after training: "name:split" of any dataset or file
+    final_eval: list[str] = field(default_factory=lambda: ["wikitext2:test"])
+
+
+def build_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainConfig:
+    """Defaults <- YAML recipe <- ``key=value`` overrides; ``model.preset`` expands under explicit fields."""
+    data = load_yaml(yaml_path) if yaml_path else {}
+    data = apply_overrides(data, [parse_override(o) for o in overrides or []])
+    model = dict(data.get("model") or {})
+    name = model.pop("preset", None) or data.get("model_preset")
+    if name:
+        if name not in PRESETS:
+            raise ConfigError(f"model.preset: unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
+        model = {**PRESETS[name], **model}
+        data["model_preset"] = name
+    data["model"] = model
+    cfg = from_dict(PretrainConfig, data)
+    cfg.model.validate()
+    return cfg
+
+
+def _final_eval(model: Transformer, tokenizer, names: list[str], data_dir, folder: Path, log) -> dict:
+    """Bits-per-byte on named held-out texts (each split encoded once, evaluated in full)."""
+    results = {}
+    lengths = torch.as_tensor(token_byte_lengths(tokenizer))
+    for item in names:
+        source, _, split = item.partition(":")
+        split = split or "validation"
+        try:
+            texts = load_texts(source, split, data_dir=data_dir, dropna=True)
+        except (ValueError, OSError) as e:
+            log(f"final eval: skipping {item}: {e}")
+            continue
+        shard = write_shard(texts, tokenizer, folder / f"eval_{source}_{split}", progress=False)
+        del shard
+        tokens = np.fromfile(folder / f"eval_{source}_{split}.bin",
+                             dtype=np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32)
+        results[item] = evaluate_tokens(model, tokens, lengths)
+    return results
+
+
+def run(cfg: PretrainConfig, log=print) -> dict:
+    """Pretrain end to end; returns the report written to ``<out_dir>/report.json``."""
+    t0 = time.time()
+    out = Path(cfg.train.out_dir)
+    data = prepare(cfg.data, out / "data", progress=cfg.train.progress, log=log)
+    tok = data.tokenizer
+    if cfg.model.vocab_size != tok.vocab_size:
+        cfg.model.vocab_size = tok.vocab_size  # the embedding table follows the tokenizer
+    model = Transformer(cfg.model)
+    log(f"model: {model.num_params() / 1e6:.2f}M parameters ({model.num_params(True) / 1e6:.2f}M without "
+        f"embeddings), {model.flops_per_token() / 1e6:.1f} MFLOPs/token (training, fwd+bwd)")
+    task = LMTask(model, data.train, data.val, block_size=cfg.model.block_size, seed=cfg.train.seed,
+                  sampling=cfg.data.sampling, token_bytes=token_byte_lengths(tok))
+    run_config = {"task": "lm", "scratchlm_version": __version__, "tokenizer_fingerprint": tok.fingerprint,
+                  **to_dict(cfg)}
+    trainer = Trainer(cfg.train, task, run_config=run_config, tokenizer=tok,
+                      flops_per_token=model.flops_per_token())
+    result = trainer.fit()
+    report = {"out_dir": str(out), "model_dir": str(result.model_dir), "steps": result.step,
+              "stopped_because": result.stopped_because, "train_seconds": round(result.train_seconds, 1),
+              "parameters": model.num_params(), "tokens_seen": trainer.tokens_seen,
+              "best_step": result.best_step, "last_eval": result.last_eval}
+    if trainer.dist.is_main:
+        from .model.io import load_model
+
+        best = load_model(result.model_dir).model
+        per_corpus = {}
+        for name, shard in data.val_by_corpus.items():
+            per_corpus[name] = evaluate_tokens(best, np.asarray(shard.tokens), torch.as_tensor(task.token_bytes))
+        report["validation_by_corpus"] = per_corpus
+        report["final_eval"] = _final_eval(best, tok, cfg.final_eval, cfg.data.data_dir, out / "data", log)
+        report["wall_seconds"] = round(time.time() - t0, 1)
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", "utf-8")
+        for name, m in {**per_corpus, **report["final_eval"]}.items():
+            log(f"{name:>28}: loss {m['val_loss']:.4f}  bpb {m.get('val_bpb', float('nan')):.4f}")
+    return report
