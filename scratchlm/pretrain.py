@@ -17,7 +17,9 @@ from .data.shards import write_shard
 from .data.sources import load_texts
 from .model.transformer import PRESETS, ModelConfig, Transformer
 from .tasks.lm import LMTask, evaluate_tokens, token_byte_lengths
+from .train import distributed as dist_utils
 from .train.config import TrainConfig
+from .train.hardware import pick_device
 from .train.trainer import Trainer
 
 
@@ -72,10 +74,18 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     """Pretrain end to end; returns the report written to ``<out_dir>/report.json``."""
     t0 = time.time()
     out = Path(cfg.train.out_dir)
-    data = prepare(cfg.data, out / "data", progress=cfg.train.progress, log=log)
+    # Under torchrun every process runs this: rank 0 prepares the data, the others wait and then load it
+    # (concurrent writers would race on the same shard files).
+    info = dist_utils.init(pick_device(cfg.train.device))
+    if info.is_main:
+        data = prepare(cfg.data, out / "data", progress=cfg.train.progress, log=log)
+    dist_utils.barrier(info)
+    if not info.is_main:
+        data = prepare(cfg.data, out / "data", progress=False, log=lambda *a, **k: None)
     tok = data.tokenizer
     if cfg.model.vocab_size != tok.vocab_size:
         cfg.model.vocab_size = tok.vocab_size  # the embedding table follows the tokenizer
+    torch.manual_seed(cfg.train.seed)  # initial weights follow train.seed (torch's default seed is random)
     model = Transformer(cfg.model)
     log(f"model: {model.num_params() / 1e6:.2f}M parameters ({model.num_params(True) / 1e6:.2f}M without "
         f"embeddings), {model.flops_per_token() / 1e6:.1f} MFLOPs/token (training, fwd+bwd)")

@@ -43,7 +43,7 @@ def run(out_dir: str = "runs/quickstart", minutes: float = 4.0, data_dir: str | 
     summary = {"pretrain": report, "samples": str(sample_path), "wall_seconds": round(time.time() - t0, 1)}
     (out / "quickstart.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
     bpb = report["validation_by_corpus"].get("tinyshakespeare", {}).get("val_bpb")
-    print("[3/3] done in {:.1f} min".format((time.time() - t0) / 60))
+    print(f"[3/3] done in {(time.time() - t0) / 60:.1f} min")
     if bpb is not None:
         print(f"  validation bits-per-byte (tinyshakespeare, last 10%): {bpb:.3f}")
     print(f"  report:     {out / 'report.json'}\n  checkpoint: {report['model_dir']}\n  samples:    {sample_path}")

@@ -201,6 +201,9 @@ def resolve(path: str | Path) -> Path:
             target = candidate / pointer.read_text("utf-8").strip()
             if (target / MANIFEST).exists():
                 return target
+            old = target.with_name(target.name + ".old")  # killed between save_checkpoint's two renames
+            if not target.exists() and (old / MANIFEST).exists():
+                return old
         if (candidate / MANIFEST).exists():
             return candidate
         old = candidate.with_name(candidate.name + ".old")

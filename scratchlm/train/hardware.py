@@ -22,7 +22,7 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")  # MPS is opt-in (train.device=mps): numerics there are not bit-stable
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU multiplies bf16 matrices in hardware (AVX-512 BF16 or AMX).
 
@@ -76,8 +76,11 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048,
                 return float(data[key])
         except (OSError, json.JSONDecodeError):
             pass
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    # A private generator: drawing from the global one would shift dropout masks after a resume (and make
+    # a run depend on whether this measurement was cached), breaking bit-exact resumption.
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=gen).to(dtype)
+    b = torch.randn(n, n, device=device, generator=gen).to(dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     a @ b
     sync()

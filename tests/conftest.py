@@ -1,0 +1,145 @@
+"""Shared fixtures: a tiny prepared tinyshakespeare dataset, a tiny model, and helpers to train it.
+
+Everything here is sized for 2 shared CPU cores: a 384-token BPE, 2 layers of width 32, context 32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# CI sets SCRATCHLM_DATA_DIR; a developer checkout next to the shared data folder works without it.
+if not os.environ.get("SCRATCHLM_DATA_DIR") and (REPO.parent / "shared" / "data").is_dir():
+    os.environ["SCRATCHLM_DATA_DIR"] = str(REPO.parent / "shared" / "data")
+
+VOCAB = 384
+# The same dataset recipe as command-line overrides (subprocess runs) and as a DataConfig (in-process).
+DATA_OVERRIDES = [
+    "data.corpora=tinyshakespeare",
+    f"data.vocab_size={VOCAB}",
+    "data.clean.unicode_form=none",
+    "data.clean.strip_html=false",
+    "data.clean.normalize_whitespace=false",
+    "data.clean.dedup=false",
+]
+MODEL_OVERRIDES = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32"]
+TRAIN_OVERRIDES = [
+    "train.device=cpu",
+    "train.precision=fp32",
+    "train.compile=off",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "train.threads=1",
+    "train.micro_batch_size=4",
+    "train.warmup_steps=2",
+    "train.eval_batches=2",
+    "train.log_interval=1",
+    "final_eval=",
+]
+
+
+def shakespeare_dir() -> Path | None:
+    root = os.environ.get("SCRATCHLM_DATA_DIR")
+    if root and (Path(root) / "tinyshakespeare" / "input.txt").is_file():
+        return Path(root)
+    return None
+
+
+requires_data = pytest.mark.skipif(shakespeare_dir() is None,
+                                   reason="SCRATCHLM_DATA_DIR does not hold tinyshakespeare")
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """tinyshakespeare -> 384-token BPE -> train/val shards, prepared once per test session."""
+    if shakespeare_dir() is None:
+        pytest.skip("SCRATCHLM_DATA_DIR does not hold tinyshakespeare")
+    from scratchlm.config import from_dict
+    from scratchlm.config import parse_override as po
+    from scratchlm.config import apply_overrides
+    from scratchlm.data.prepare import DataConfig, prepare
+
+    data = apply_overrides({}, [po(o) for o in DATA_OVERRIDES])["data"]
+    cfg = from_dict(DataConfig, data)
+    return prepare(cfg, tmp_path_factory.mktemp("data"), progress=False, log=lambda *a, **k: None)
+
+
+def tiny_model_config(vocab_size: int = VOCAB, **kw):
+    from scratchlm.model.transformer import ModelConfig
+
+    return ModelConfig(**{"vocab_size": vocab_size, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32,
+                          **kw})
+
+
+def tiny_train_config(out_dir, **kw):
+    from scratchlm.train.config import TrainConfig
+
+    defaults = dict(out_dir=str(out_dir), device="cpu", precision="fp32", compile="off", progress=False,
+                    tensorboard=False, micro_batch_size=4, max_steps=10, warmup_steps=2, eval_interval=5,
+                    eval_batches=2, log_interval=1, save_interval=1000, seed=1234)
+    return TrainConfig(**{**defaults, **kw})
+
+
+def lm_task(prepared, seed: int = 1234, **model_kw):
+    """A fresh tiny Transformer (weights seeded) on the prepared shards."""
+    from scratchlm.model.transformer import Transformer
+    from scratchlm.tasks.lm import LMTask, token_byte_lengths
+
+    torch.manual_seed(seed)
+    model = Transformer(tiny_model_config(prepared.tokenizer.vocab_size, **model_kw))
+    return LMTask(model, prepared.train, prepared.val, block_size=model.cfg.block_size, seed=seed,
+                  token_bytes=token_byte_lengths(prepared.tokenizer))
+
+
+def make_trainer(prepared, out_dir, *, task=None, model_kw=None, **train_kw):
+    from scratchlm.train.trainer import Trainer
+
+    task = task or lm_task(prepared, **(model_kw or {}))
+    cfg = tiny_train_config(out_dir, **train_kw)
+    run_config = {"task": "lm", "tokenizer_fingerprint": prepared.tokenizer.fingerprint,
+                  "model": {k: v for k, v in vars(task.model.cfg).items()}}
+    return Trainer(cfg, task, run_config=run_config, tokenizer=prepared.tokenizer)
+
+
+def read_rows(out_dir, kind: str = "train") -> list[dict]:
+    path = Path(out_dir) / "metrics.jsonl"
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == kind]
+
+
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory) -> dict:
+    """Environment for CLI subprocesses: offline, a session cache, one thread each, repo importable."""
+    if shakespeare_dir() is None:
+        pytest.skip("SCRATCHLM_DATA_DIR does not hold tinyshakespeare")
+    return subprocess_env(tmp_path_factory.mktemp("cache"))
+
+
+def subprocess_env(cache_dir) -> dict:
+    env = dict(os.environ)
+    env.update(SCRATCHLM_OFFLINE="1", SCRATCHLM_CACHE_DIR=str(cache_dir), OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               TOKENIZERS_PARALLELISM="false", RAYON_NUM_THREADS="1")
+    env.pop("SCRATCHLM_DEBUG", None)
+    return env
+
+
+def cli_command(out_dir, *extra: str) -> list[str]:
+    """``python -m scratchlm.cli pretrain`` on the tiny recipe, with ``extra`` overrides (key=value)."""
+    return [sys.executable, "-m", "scratchlm.cli", "pretrain",
+            *DATA_OVERRIDES, *MODEL_OVERRIDES, *TRAIN_OVERRIDES, f"train.out_dir={out_dir}", *extra]
+
+
+def run_cli(out_dir, *extra: str, env=None, timeout: float = 120, check: bool = True):
+    proc = subprocess.run(cli_command(out_dir, *extra), env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pretrain failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
