@@ -20,6 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 if not os.environ.get("SCRATCHLM_DATA_DIR") and (REPO.parent / "shared" / "data").is_dir():
     os.environ["SCRATCHLM_DATA_DIR"] = str(REPO.parent / "shared" / "data")
 
+# The CPUs are shared: with 2 intra-op threads and another busy process, every tiny op waits on a thread
+# barrier (measured 75x slower than one thread). Tests use one thread; subprocesses get OMP_NUM_THREADS=1.
+torch.set_num_threads(1)
+
 VOCAB = 384
 # The same dataset recipe as command-line overrides (subprocess runs) and as a DataConfig (in-process).
 DATA_OVERRIDES = [
@@ -62,12 +66,10 @@ def prepared(tmp_path_factory):
     """tinyshakespeare -> 384-token BPE -> train/val shards, prepared once per test session."""
     if shakespeare_dir() is None:
         pytest.skip("SCRATCHLM_DATA_DIR does not hold tinyshakespeare")
-    from scratchlm.config import from_dict
-    from scratchlm.config import parse_override as po
-    from scratchlm.config import apply_overrides
+    from scratchlm.config import apply_overrides, from_dict, parse_override
     from scratchlm.data.prepare import DataConfig, prepare
 
-    data = apply_overrides({}, [po(o) for o in DATA_OVERRIDES])["data"]
+    data = apply_overrides({}, [parse_override(o) for o in DATA_OVERRIDES])["data"]
     cfg = from_dict(DataConfig, data)
     return prepare(cfg, tmp_path_factory.mktemp("data"), progress=False, log=lambda *a, **k: None)
 

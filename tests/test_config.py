@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA_OVERRIDES, MODEL_OVERRIDES, requires_data
+
 from scratchlm.cli import _overrides
 from scratchlm.config import ConfigError, from_dict, to_dict
 from scratchlm.pretrain import PretrainConfig, build_config
@@ -110,11 +110,12 @@ def test_shipped_recipe_builds():
 
 
 @requires_data
-def test_resolved_config_is_saved_in_every_checkpoint(tmp_path, monkeypatch):
+def test_resolved_config_is_saved_in_every_checkpoint(tmp_path, monkeypatch, cli_env):
     from scratchlm.pretrain import run
     from scratchlm.train import checkpoint as ckpt
 
     monkeypatch.setenv("SCRATCHLM_OFFLINE", "1")
+    monkeypatch.setenv("SCRATCHLM_CACHE_DIR", cli_env["SCRATCHLM_CACHE_DIR"])  # not ~/.cache
     out = tmp_path / "run"
     overrides = [*DATA_OVERRIDES, *MODEL_OVERRIDES, f"train.out_dir={out}", "train.max_steps=4",
                  "train.save_interval=2", "train.eval_interval=2", "train.eval_batches=1", "train.keep_last=5",

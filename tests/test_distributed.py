@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, cli_command, read_rows, run_cli
+
 from scratchlm.model.io import load_model
 from scratchlm.train import checkpoint as ckpt
 

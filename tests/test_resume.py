@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_command, run_cli
 from safetensors.torch import load_file
 
-from conftest import cli_command, run_cli
 from scratchlm.train import checkpoint as ckpt
 from scratchlm.train.hardware import measure_matmul_peak
 
