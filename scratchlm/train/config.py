@@ -21,7 +21,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    decay_steps: int | None = None  # horizon of the decay; None = max_steps
+    decay_steps: int | None = None  # horizon of the decay; None = max_steps, or the steps that fit max_time_s
+    budget_calibration_steps: int = 10  # with max_time_s: steps timed to estimate how many fit the budget
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95

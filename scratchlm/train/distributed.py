@@ -74,6 +74,14 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def broadcast_int(value: int, info: DistInfo, device: torch.device) -> int:
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], device=device, dtype=torch.long)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def all_gather_object(obj, info: DistInfo) -> list:
     if not info.enabled:
         return [obj]

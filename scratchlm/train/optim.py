@@ -38,13 +38,16 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine/linear/constant."""
+def lr_at(step: int, cfg: TrainConfig, horizon: int | None = None) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine/linear/constant.
+
+    The decay ends at ``horizon`` if given (the trainer's estimate of how many steps fit a time budget),
+    else at ``decay_steps``, else at ``max_steps``."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
-    horizon = cfg.decay_steps or cfg.max_steps
+    horizon = horizon or cfg.decay_steps or cfg.max_steps
     min_lr = cfg.lr * cfg.min_lr_ratio
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps))
     if cfg.schedule == "linear":

@@ -127,6 +127,8 @@ class Trainer:
         self.tokens_seen = 0
         self.elapsed = 0.0  # training seconds, carried across resumes (the wall-clock budget uses it)
         self.last_eval: dict[str, float] = {}
+        self.horizon: int | None = None  # decay horizon fitted to max_time_s (saved, so resume is exact)
+        self._calib: list[float] = []
 
     # ---- setup -------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -179,6 +181,7 @@ class Trainer:
         self.tokens_seen = state.get("tokens_seen", 0)
         self.elapsed = state.get("elapsed", 0.0)
         self.last_eval = state.get("last_eval", {})
+        self.horizon = state.get("horizon")
         rngs = state.get("rng", [])
         if state.get("world_size") == self.dist.world_size and self.dist.rank < len(rngs):
             _set_rng_state(rngs[self.dist.rank])
@@ -230,6 +233,7 @@ class Trainer:
             dt = time.perf_counter() - t0
             self.elapsed += dt
             self.step += 1
+            self._fit_horizon(dt)
             if not finite:
                 self.bad_steps += 1
                 self._print(f"step {self.step}: non-finite loss or gradient ({loss}); update skipped "
@@ -250,7 +254,7 @@ class Trainer:
                 bar.update(1)
             if window_n and (self.step % cfg.log_interval == 0 or self.step == cfg.max_steps):
                 tps = window_tokens / max(window_time, 1e-9)
-                row = {"loss": window_loss / window_n, "lr": lr_at(self.step - 1, cfg), "grad_norm": grad_norm,
+                row = {"loss": window_loss / window_n, "lr": lr_at(self.step - 1, cfg, self.horizon), "grad_norm": grad_norm,
                        "tokens_per_s": tps, "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed}
                 if peak and self.flops_per_token:
                     row["mfu"] = self.flops_per_token * tps / (peak * self.dist.world_size)
@@ -286,9 +290,26 @@ class Trainer:
                            best_metric=self.best_metric, best_step=self.best_step, last_eval=self.last_eval,
                            stopped_because=stopped, train_seconds=self.elapsed)
 
+    def _fit_horizon(self, dt: float) -> None:
+        """With a time budget and no explicit decay_steps, time a few steps (after the first, which
+        compiles) and end the LR decay where the budget will run out. Fixed once and checkpointed."""
+        cfg = self.cfg
+        if self.horizon is not None or cfg.max_time_s is None or cfg.decay_steps is not None:
+            return
+        if self.step == 1:
+            return
+        self._calib.append(dt)
+        if len(self._calib) < cfg.budget_calibration_steps:
+            return
+        per_step = sorted(self._calib)[len(self._calib) // 2]
+        remaining = max(0.0, cfg.max_time_s - self.elapsed)
+        fitted = dist_utils.broadcast_int(self.step + int(remaining / per_step), self.dist, self.device)
+        self.horizon = min(cfg.max_steps, max(self.step + 1, fitted))
+        self._print(f"time budget: {per_step:.2f} s/step -> learning-rate decay ends at step {self.horizon}")
+
     def _train_step(self) -> tuple[float, int, float, bool]:
         cfg = self.cfg
-        lr = lr_at(self.step, cfg)
+        lr = lr_at(self.step, cfg, self.horizon)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batches = self.task.micro_batches(self.step, self.grad_accum, cfg.micro_batch_size,
@@ -373,7 +394,7 @@ class Trainer:
         if self.dist.is_main:
             state = {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
                      "best_metric": self.best_metric, "best_step": self.best_step,
-                     "evals_without_improvement": self.evals_without_improvement,
+                     "evals_without_improvement": self.evals_without_improvement, "horizon": self.horizon,
                      "last_eval": self.last_eval, "world_size": self.dist.world_size, "rng": rngs,
                      "data_position": {"step": self.step, "seed": self.cfg.seed}}
             ckpt.save_checkpoint(self.ckpt_dir / folder_name, model_tensors=model_sd, config=self.run_config,
