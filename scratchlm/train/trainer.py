@@ -254,8 +254,9 @@ class Trainer:
                 bar.update(1)
             if window_n and (self.step % cfg.log_interval == 0 or self.step == cfg.max_steps):
                 tps = window_tokens / max(window_time, 1e-9)
-                row = {"loss": window_loss / window_n, "lr": lr_at(self.step - 1, cfg, self.horizon), "grad_norm": grad_norm,
-                       "tokens_per_s": tps, "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed}
+                row = {"loss": window_loss / window_n, "lr": lr_at(self.step - 1, cfg, self.horizon),
+                       "grad_norm": grad_norm, "tokens_per_s": tps, "tokens_seen": self.tokens_seen,
+                       "elapsed_s": self.elapsed}
                 if peak and self.flops_per_token:
                     row["mfu"] = self.flops_per_token * tps / (peak * self.dist.world_size)
                 logger.log(self.step, row)
