@@ -71,7 +71,7 @@ def cmd_pretrain(args, extra) -> int:
     if args.resume:
         cfg.train.resume = True
     report = run(cfg)
-    if report.get("model_dir"):
+    if report.get("model_dir") and os.environ.get("RANK", "0") == "0":
         print(f"model: {report['model_dir']}\nreport: {Path(cfg.train.out_dir) / 'report.json'}")
     return 0
 

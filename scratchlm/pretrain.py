@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,8 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     """Pretrain end to end; returns the report written to ``<out_dir>/report.json``."""
     t0 = time.time()
     out = Path(cfg.train.out_dir)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 talks
+        log = lambda *a, **k: None  # noqa: E731
     # Under torchrun every process runs this: rank 0 prepares the data, the others wait and then load it
     # (concurrent writers would race on the same shard files).
     info = dist_utils.init(pick_device(cfg.train.device))

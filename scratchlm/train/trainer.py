@@ -129,6 +129,7 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.horizon: int | None = None  # decay horizon fitted to max_time_s (saved, so resume is exact)
         self._calib: list[float] = []
+        self._saved_step: int | None = None
 
     # ---- setup -------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -228,6 +229,10 @@ class Trainer:
         if cfg.eval_at_start and self.step == 0:
             self._evaluate(logger)
         while self.step < cfg.max_steps:
+            spent = cfg.max_time_s is not None and self.elapsed >= cfg.max_time_s  # e.g. resumed after the budget
+            if dist_utils.broadcast_flag(spent, self.dist, self.device):
+                stopped = "max_time_s"
+                break
             t0 = time.perf_counter()
             loss, tokens, grad_norm, finite = self._train_step()
             dt = time.perf_counter() - t0
@@ -386,9 +391,9 @@ class Trainer:
 
     def _save(self, best: bool = False) -> None:
         folder_name = f"step_{self.step:07d}"
-        if best and (self.ckpt_dir / folder_name / ckpt.MANIFEST).exists():
+        if self._saved_step == self.step:  # this step is on disk already (a best save on a save step)
             if self.dist.is_main:
-                ckpt.set_pointer(self.ckpt_dir, ckpt.BEST, folder_name)
+                ckpt.set_pointer(self.ckpt_dir, ckpt.BEST if best else ckpt.LATEST, folder_name)
             return
         model_sd, opt_sd = self._full_state()
         rngs = dist_utils.all_gather_object(_rng_state(), self.dist)
@@ -404,6 +409,7 @@ class Trainer:
             if best:
                 ckpt.set_pointer(self.ckpt_dir, ckpt.BEST, folder_name)
             ckpt.prune(self.ckpt_dir, self.cfg.keep_last)
+        self._saved_step = self.step
         dist_utils.barrier(self.dist)
 
     def _export_final(self) -> Path:
