@@ -20,7 +20,7 @@ import json
 import resource
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from scratchlm.generate import SamplingConfig, generate  # noqa: E402
-from scratchlm.model.transformer import PRESETS, ModelConfig, Transformer, preset  # noqa: E402
+from scratchlm.model.transformer import PRESETS, Transformer, preset  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -37,21 +37,10 @@ def peak_rss_mb() -> float:
 
 
 def load_model(folder: str) -> Transformer:
-    """A trained model from a checkpoint folder (config.json with a "model" section + model.safetensors)."""
-    try:
-        from scratchlm.model.io import load_model as project_load
-    except ImportError:  # fall back to the checkpoint primitives
-        project_load = None
-    if project_load is not None:
-        return project_load(folder).model
-    from scratchlm.train import checkpoint as ckpt
+    """A trained model folder, loaded and checked like everywhere else in scratchlm."""
+    from scratchlm.model.io import load_model as project_load
 
-    path = ckpt.resolve(folder)
-    raw = ckpt.read_config(path).get("model", {})
-    known = {f.name for f in fields(ModelConfig)}
-    model = Transformer(ModelConfig(**{k: v for k, v in raw.items() if k in known}))
-    ckpt.load_model_weights(model, ckpt.load_tensors(path), source=str(path))
-    return model
+    return project_load(folder).model
 
 
 def bench_one(model: Transformer, batch: int, prompt_len: int, new_tokens: int, use_cache: bool,
