@@ -161,6 +161,7 @@ def test_adapter_roundtrip_gives_identical_logits(tmp_path):
     other.load_state_dict(base_state)
     loaded = load_adapter(other, tmp_path / "adapter")
     assert loaded == cfg
+    assert not any(m.training for m in lora_modules(other).values())  # injected into eval(): dropout off
     assert torch.equal(logits(other, idx), want)
     assert {n for n, p in other.named_parameters() if p.requires_grad} == {
         n for n, p in model.named_parameters() if p.requires_grad}

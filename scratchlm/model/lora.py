@@ -176,6 +176,7 @@ class LoraLinear(nn.Module):
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device=w.device, dtype=dtype)
         self.merged = False
         self.reset_lora_parameters()
+        self.train(base_layer.training)  # injected into an eval() model, the adapter's dropout stays off
 
     def reset_lora_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # as PEFT (init_lora_weights=True)
