@@ -201,11 +201,16 @@ def _find_or_fetch(
                 tried.append(f"download from {where}: failed ({type(e).__name__}: {e})")
 
     lines = "\n  - ".join(tried)
+    online_hint = (
+        ", or run online (without SCRATCHLM_OFFLINE/HF_HUB_OFFLINE) so it can be downloaded into the cache"
+        if (file_name in spec.urls or spec.hf_id)
+        else " (this dataset has no public download: the source is named in its entry in scratchlm/data/registry.py)"
+    )
     raise DatasetNotFoundError(
         f"dataset {spec.name!r} split {split!r} ({spec.folder}/{file_name}) not found. "
         f"Looked in:\n  - {lines}\n"
-        f"To fix: point SCRATCHLM_DATA_DIR (or --data-dir) at a folder containing {spec.folder}/{file_name}, "
-        "or run online (without SCRATCHLM_OFFLINE/HF_HUB_OFFLINE) so it can be downloaded into the cache."
+        f"To fix: point SCRATCHLM_DATA_DIR (or --data-dir) at a folder containing {spec.folder}/{file_name}"
+        f"{online_hint}."
     )
 
 
