@@ -98,7 +98,29 @@ def cmd_generate(args, extra) -> int:
     return 0
 
 
+def _is_classifier(model_dir: str) -> bool:
+    from .train import checkpoint as ckpt
+
+    folder = Path(model_dir)
+    try:
+        if not (folder / "config.json").exists():
+            folder = ckpt.resolve(folder)
+        return json.loads((folder / "config.json").read_text("utf-8")).get("task") == "classify"
+    except (OSError, ValueError):
+        return False
+
+
 def cmd_evaluate(args, extra) -> int:
+    if _is_classifier(args.model):
+        from .classify import evaluate_model, format_metrics
+
+        source, _, split = args.data.partition(":")
+        m = evaluate_model(args.model, source, split or "test", text_column=args.column,
+                           label_column=args.label_column, data_dir=args.data_dir, batch_size=args.batch_size,
+                           out_dir=args.out or Path(args.model) / "eval", progress=not args.json)
+        print(json.dumps(m, indent=2) if args.json else format_metrics(m)
+              + f"\n\nconfusion matrix picture: {m.get('confusion_png')}")
+        return 0
     import numpy as np
     import torch
 
@@ -115,6 +137,102 @@ def cmd_evaluate(args, extra) -> int:
     metrics = {"data": args.data, "tokens": len(ids), **metrics}
     print(json.dumps(metrics, indent=2) if args.json else
           "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+    return 0
+
+
+def _classify_config(args, extra, defaults: dict | None = None):
+    from .classify import build_config
+
+    cfg = build_config(_recipe(args.config), _overrides(extra), defaults=defaults)
+    if getattr(args, "data_dir", None):
+        cfg.data.data_dir = args.data_dir
+    if getattr(args, "resume", False):
+        cfg.train.resume = True
+    return cfg
+
+
+def cmd_finetune(args, extra) -> int:
+    from .classify import run
+
+    if args.task != "classify":
+        print(f"scratchlm finetune: '{args.task}' is not available yet (classify is)", file=sys.stderr)
+        return 2
+    defaults = {}
+    if args.method:
+        defaults["method"] = args.method
+        if args.method == "lora":
+            defaults["name"] = "decoder-lora"
+    if args.init:
+        defaults["init"] = args.init
+    if args.from_scratch:
+        defaults["init_weights"] = "random"
+        defaults["name"] = "decoder-scratch"
+    if args.name:
+        defaults["name"] = args.name
+    defaults["kind"] = "decoder"
+    report = run(_classify_config(args, extra, defaults))
+    print(f"report: {Path(report['model_dir']).parent / 'report.json'}\nmodel: {report['model_dir']}")
+    return 0
+
+
+def cmd_baseline(args, extra) -> int:
+    from .classify import run
+
+    report = run(_classify_config(args, extra, {"kind": args.kind, "name": args.name or args.kind}))
+    print(f"report: {Path(report['model_dir']).parent / 'report.json'}\nmodel: {report['model_dir']}")
+    return 0
+
+
+def cmd_classify(args, extra) -> int:
+    import numpy as np
+
+    from .classify import load_classifier
+
+    clf = load_classifier(args.model)
+    names = clf.label_names
+    if args.input:
+        from .data.sources import load_texts
+
+        texts = load_texts(args.input, "train", args.column or "text")
+        probs = clf.predict_proba(texts, batch_size=args.batch_size, progress=True)
+        out = Path(args.output or Path(args.input).with_suffix(".predictions.jsonl"))
+        import pandas as pd
+
+        df = pd.DataFrame({"text": texts, "label": [names[i] for i in probs.argmax(1)],
+                           "probability": probs.max(1).astype(float)})
+        for j, n in enumerate(names):
+            df[f"p_{n}"] = probs[:, j].astype(float)
+        if out.suffix == ".csv":
+            df.to_csv(out, index=False)
+        elif out.suffix == ".parquet":
+            df.to_parquet(out, index=False)
+        else:
+            df.to_json(out, orient="records", lines=True, force_ascii=False)
+        counts = np.bincount(probs.argmax(1), minlength=len(names))
+        print(f"wrote {len(texts):,} predictions to {out} (" + ", ".join(f"{n} {c:,}" for n, c in zip(names, counts))
+              + ")")
+        return 0
+    if not args.text:
+        print("scratchlm classify: give a text or --input FILE", file=sys.stderr)
+        return 2
+    probs = clf.predict_proba(list(args.text), batch_size=args.batch_size)
+    for text, p in zip(args.text, probs):
+        j = int(p.argmax())
+        if args.json:
+            print(json.dumps({"text": text, "label": names[j], "probability": float(p[j]),
+                              "probabilities": {n: float(x) for n, x in zip(names, p)}}, ensure_ascii=False))
+        else:
+            print(f"{names[j]}\t{p[j]:.4f}" + (f"\t{text[:60]}" if len(args.text) > 1 else ""))
+    return 0
+
+
+def cmd_report(args, extra) -> int:
+    from .report import collect_runs, write_report
+
+    runs = collect_runs(args.runs)
+    out = Path(args.out or (args.runs[0] if len(args.runs) == 1 else "runs/report"))
+    paths = write_report(runs, out, title=args.title)
+    print("\n".join(f"{k}: {v}" for k, v in paths.items()))
     return 0
 
 
@@ -172,10 +290,44 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("evaluate", help="perplexity and bits-per-byte of a model on a dataset split or file")
     sp.add_argument("--model", required=True)
     sp.add_argument("--data", required=True, help="dataset[:split] or a file, e.g. wikitext2:test")
-    sp.add_argument("--column", default=None)
+    sp.add_argument("--column", default=None, help="text column")
+    sp.add_argument("--label-column", default=None, help="label column (classifiers)")
     sp.add_argument("--data-dir", default=None)
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--out", default=None, help="classifiers: folder for the metrics JSON and confusion PNG "
+                                                "(default <model>/eval)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_evaluate)
+
+    sp = recipe_verb("finetune", cmd_finetune, "fine-tune a pretrained decoder into a task model")
+    sp.add_argument("task", choices=["classify", "translate", "summarize"])
+    sp.add_argument("--init", help="pretrained model folder (overrides the recipe's init)")
+    sp.add_argument("--method", choices=["full", "lora"], help="full fine-tuning or LoRA adapters")
+    sp.add_argument("--from-scratch", action="store_true",
+                    help="same architecture and tokenizer, random initial weights (the ablation)")
+    sp.add_argument("--name", help="run name (folder under out_root and the name in the report)")
+    sp.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+
+    sp = recipe_verb("baseline", cmd_baseline, "train a classical baseline on a recipe's data")
+    sp.add_argument("kind", choices=["bow", "tfidf", "rnn", "lstm", "gru"])
+    sp.add_argument("--name", help="run name (default: the kind)")
+    sp.add_argument("--resume", action="store_true")
+
+    sp = sub.add_parser("classify", help="label texts with a trained classifier")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("text", nargs="*")
+    sp.add_argument("--input", help="txt/jsonl/csv/parquet file of texts")
+    sp.add_argument("--column", default=None, help="text column of --input (default text)")
+    sp.add_argument("--output", help="predictions file (.jsonl, .csv or .parquet; default next to --input)")
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_classify)
+
+    sp = sub.add_parser("report", help="one Markdown + HTML page comparing every model trained on a task")
+    sp.add_argument("runs", nargs="+", help="run folders, or a folder of run folders (e.g. runs/imdb)")
+    sp.add_argument("--out", help="output folder (default: the single folder given)")
+    sp.add_argument("--title", default=None)
+    sp.set_defaults(fn=cmd_report)
 
     sp = sub.add_parser("models", help="list model presets with parameter counts and FLOPs/token")
     sp.add_argument("--vocab-size", type=int, default=8192)
@@ -192,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.verb not in ("prepare", "pretrain", "quickstart"):
+    if extra and args.verb not in ("prepare", "pretrain", "quickstart", "finetune", "baseline"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args, extra)

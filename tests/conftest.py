@@ -145,3 +145,37 @@ def run_cli(out_dir, *extra: str, env=None, timeout: float = 120, check: bool = 
     if check and proc.returncode != 0:
         raise AssertionError(f"pretrain failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(prepared, tmp_path_factory) -> Path:
+    """A saved tiny decoder (seeded random weights) with the prepared tokenizer: an `init` for fine-tuning."""
+    from scratchlm.config import to_dict
+    from scratchlm.model.transformer import Transformer
+    from scratchlm.train import checkpoint as ckpt
+
+    torch.manual_seed(0)
+    model = Transformer(tiny_model_config(prepared.tokenizer.vocab_size, block_size=64))
+    folder = tmp_path_factory.mktemp("tiny_lm") / "model"
+    config = {"task": "lm", "tokenizer_fingerprint": prepared.tokenizer.fingerprint, "model": to_dict(model.cfg),
+              "data": {"corpora": [{"source": "tinyshakespeare", "split": "train"}]}}
+    ckpt.save_checkpoint(folder, model_tensors=ckpt.model_state(model), config=config, tokenizer=prepared.tokenizer)
+    return folder
+
+
+def write_sentiment_csv(path: Path, n: int = 160, seed: int = 0) -> Path:
+    """A small two-class CSV (keyword sentiment) with a header row text,label."""
+    import random
+
+    rng = random.Random(seed)
+    good = ["good", "great", "lovely", "fine", "superb"]
+    bad = ["bad", "awful", "dull", "poor", "boring"]
+    filler = ["the", "film", "was", "a", "plot", "and", "actors", "very", "quite", "story"]
+    rows = ["text,label"]
+    for i in range(n):
+        label = i % 2
+        words = rng.sample(filler, 5) + [rng.choice(good if label else bad) for _ in range(2)]
+        rng.shuffle(words)
+        rows.append(f"{' '.join(words)} {i},{'pos' if label else 'neg'}")
+    path.write_text("\n".join(rows) + "\n", "utf-8")
+    return path

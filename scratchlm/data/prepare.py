@@ -72,6 +72,8 @@ class DataConfig:
     def validate(self) -> None:
         if not self.corpora:
             raise ValueError("data.corpora is empty: name at least one dataset or file")
+        for corpus in self.corpora:  # the leakage guard, also for configs built in code
+            corpus.validate()
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.sampling not in ("random", "epoch"):

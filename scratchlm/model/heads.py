@@ -53,6 +53,11 @@ def padded_attention_mask(real: torch.Tensor) -> torch.Tensor:
     return (causal & (real[:, None, None, :] | eye))
 
 
+def right_padded(real: torch.Tensor) -> bool:
+    """True when every row's real tokens form a prefix (padding, if any, only at the end)."""
+    return bool((real[:, 1:] <= real[:, :-1]).all())
+
+
 def pool(hidden: torch.Tensor, real: torch.Tensor | None, how: str) -> torch.Tensor:
     """(B, T, C) -> (B, C): the last real token's state ("last") or the mean over real tokens ("mean")."""
     if how == "last":
@@ -120,8 +125,12 @@ class SequenceClassifier(nn.Module):
         real = real_token_mask(idx, attention_mask, self.pad_id)
         if real is not None and bool(real.all()):
             real = None  # no padding in this batch: the plain causal path
-        if real is None:
+        if real is None or right_padded(real):
+            # Under causal attention a real token never sees the pads after it, so right padding needs no
+            # mask and positions 0..T-1 are already right: the fused is_causal SDPA path, ~2x faster on CPU.
             hidden = self.backbone(idx)
+            if real is not None and not bool(real[:, 0].all()):
+                raise ValueError("a row of the batch has no real tokens (its attention_mask is all 0)")
         else:
             if not bool(real.any(dim=1).all()):
                 raise ValueError("a row of the batch has no real tokens (its attention_mask is all 0)")

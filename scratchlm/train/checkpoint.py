@@ -242,7 +242,8 @@ def load_model_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
     """Load weights strictly, allowing a tied output head to be absent; name any mismatch."""
     own = model.state_dict()
     missing = [k for k in own if k not in tensors]
-    tied = {k for k in missing if k == "lm_head.weight" and getattr(model, "cfg", None) is not None
+    tied = {k for k in missing if (k == "lm_head.weight" or k.endswith(".lm_head.weight"))
+            and getattr(model, "cfg", None) is not None
             and getattr(model.cfg, "tie_embeddings", False)}
     missing = [k for k in missing if k not in tied]
     unexpected = [k for k in tensors if k not in own]
