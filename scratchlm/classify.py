@@ -283,10 +283,11 @@ def _finish(cfg: ClassifyConfig, out: Path, clf: LoadedClassifier, data: Labeled
             log) -> dict:
     """Validation and (once) test metrics of the saved model, the confusion PNG, report.json."""
     bs = cfg.eval_batch_size
-    val_m, _, _ = evaluate_split(clf, data.val.texts, data.val.labels, batch_size=bs)
     report = {"task": "classify", "dataset": cfg.data.dataset, "name": cfg.name, "kind": cfg.kind,
-              "scratchlm_version": __version__, "command": _command(), **info, "val": val_m,
-              "val_split": data.val.name, "data": data.summary()}
+              "scratchlm_version": __version__, "command": _command(), **info, "data": data.summary()}
+    if len(data.val):
+        report["val"], _, _ = evaluate_split(clf, data.val.texts, data.val.labels, batch_size=bs)
+        report["val_split"] = data.val.name
     if data.test is not None:
         test_m, probs, seconds = evaluate_split(clf, data.test.texts, data.test.labels, batch_size=bs,
                                                 progress=cfg.train.progress)
@@ -321,6 +322,9 @@ def run(cfg: ClassifyConfig, log=print) -> dict:
     tok = pretrained.tokenizer
     data = load_labeled(cfg.data, log=log)
     log(f"data: {data.summary()}")
+    if len(data.val) == 0:
+        raise ConfigError("data.val_fraction is 0: a neural model needs a validation set for early stopping and "
+                          "model selection")
     train_rows, cut_train = encode_texts(tok, data.train.texts, cfg.max_length, cfg.head_fraction)
     val_rows, _ = encode_texts(tok, data.val.texts, cfg.max_length, cfg.head_fraction)
     mean_len = float(np.mean([len(r) for r in train_rows]))

@@ -154,9 +154,6 @@ def _classify_config(args, extra, defaults: dict | None = None):
 def cmd_finetune(args, extra) -> int:
     from .classify import run
 
-    if args.task != "classify":
-        print(f"scratchlm finetune: '{args.task}' is not available yet (classify is)", file=sys.stderr)
-        return 2
     defaults = {}
     if args.method:
         defaults["method"] = args.method
@@ -255,7 +252,8 @@ def cmd_models(args, extra) -> int:
 def cmd_quickstart(args, extra) -> int:
     from .quickstart import run
 
-    return run(out_dir=args.out, minutes=args.minutes, data_dir=args.data_dir, extra=_overrides(extra))
+    return run(out_dir=args.out, minutes=args.minutes, data_dir=args.data_dir, extra=_overrides(extra),
+               sentiment_minutes=args.sentiment_minutes, sentiment_examples=args.sentiment_examples)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = recipe_verb("finetune", cmd_finetune, "fine-tune a pretrained decoder into a task model")
-    sp.add_argument("task", choices=["classify", "translate", "summarize"])
+    sp.add_argument("task", choices=["classify"], help="the task head to train")
     sp.add_argument("--init", help="pretrained model folder (overrides the recipe's init)")
     sp.add_argument("--method", choices=["full", "lora"], help="full fine-tuning or LoRA adapters")
     sp.add_argument("--from-scratch", action="store_true",
@@ -336,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("quickstart", help="the whole pipeline on real data in a few minutes")
     sp.add_argument("--out", default="runs/quickstart")
     sp.add_argument("--minutes", type=float, default=4.0, help="pretraining wall-clock budget")
+    sp.add_argument("--sentiment-minutes", type=float, default=1.5,
+                    help="wall-clock budget of each neural sentiment classifier")
+    sp.add_argument("--sentiment-examples", type=int, default=2000, help="IMDb training reviews for the classifiers")
     sp.add_argument("--data-dir", default=None)
     sp.set_defaults(fn=cmd_quickstart)
     return p

@@ -1,8 +1,9 @@
 """``scratchlm quickstart``: the whole pipeline on real data, sized for a laptop CPU.
 
 tinyshakespeare -> byte-level BPE -> token shards -> a ~3M-parameter Llama-style decoder pretrained for a
-few minutes -> bits-per-byte on held-out text -> samples with the KV cache. It ends by printing where the
-report, the model and the samples are.
+few minutes -> bits-per-byte on held-out text -> samples with the KV cache -> that decoder fine-tuned into
+a small IMDb sentiment classifier, next to the bag-of-words and GRU baselines on the same reviews, with a
+comparison table. It ends by printing where the reports, the models and the samples are.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ PROMPTS = ["ROMEO:\n", "First Citizen:\nWe are", "KING HENRY:\nMy lords,"]
 
 
 def run(out_dir: str = "runs/quickstart", minutes: float = 4.0, data_dir: str | None = None,
-        extra: list[str] | None = None) -> int:
+        extra: list[str] | None = None, sentiment_minutes: float = 1.5, sentiment_examples: int = 2000) -> int:
     from .generate import SamplingConfig, generate_text
     from .model.io import load_model
     from .pretrain import build_config
@@ -29,10 +30,10 @@ def run(out_dir: str = "runs/quickstart", minutes: float = 4.0, data_dir: str | 
     cfg = build_config(CONFIG, overrides)
     if data_dir:
         cfg.data.data_dir = data_dir
-    print(f"[1/3] pretraining a {cfg.model_preset} decoder on {', '.join(c.name for c in cfg.data.corpora)} "
+    print(f"[1/4] pretraining a {cfg.model_preset} decoder on {', '.join(c.name for c in cfg.data.corpora)} "
           f"for up to {minutes:g} minutes")
     report = pretrain(cfg)
-    print("[2/3] sampling with the KV cache")
+    print("[2/4] sampling with the KV cache")
     loaded = load_model(report["model_dir"])
     samples = generate_text(loaded.model, loaded.tokenizer, PROMPTS,
                             SamplingConfig(max_new_tokens=120, temperature=0.8, top_p=0.95,
@@ -40,12 +41,48 @@ def run(out_dir: str = "runs/quickstart", minutes: float = 4.0, data_dir: str | 
     sample_path = out / "samples.txt"
     sample_path.write_text("".join(f"--- prompt {p!r}\n{p}{s}\n\n" for p, s in zip(PROMPTS, samples)), "utf-8")
     print(f"{PROMPTS[0]}{samples[0]}\n")
-    summary = {"pretrain": report, "samples": str(sample_path), "wall_seconds": round(time.time() - t0, 1)}
+    print(f"[3/4] sentiment: fine-tuning it on {sentiment_examples:,} IMDb reviews for up to {sentiment_minutes:g} "
+          f"minutes, beside the bag-of-words and GRU baselines")
+    runs = sentiment(report["model_dir"], out / "sentiment", sentiment_minutes, sentiment_examples, data_dir)
+    summary = {"pretrain": report, "samples": str(sample_path), "sentiment": runs,
+               "wall_seconds": round(time.time() - t0, 1)}
     (out / "quickstart.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
     bpb = report["validation_by_corpus"].get("tinyshakespeare", {}).get("val_bpb")
-    print(f"[3/3] done in {(time.time() - t0) / 60:.1f} min")
+    print(f"[4/4] done in {(time.time() - t0) / 60:.1f} min")
     if bpb is not None:
         print(f"  validation bits-per-byte (tinyshakespeare, last 10%): {bpb:.3f}")
     print(f"  report:     {out / 'report.json'}\n  checkpoint: {report['model_dir']}\n  samples:    {sample_path}")
+    print(f"  sentiment:  {out / 'sentiment' / 'report.html'}")
     print(f"  next:       scratchlm generate --model {report['model_dir']} \"ROMEO:\"")
+    print(f"              scratchlm classify --model {out / 'sentiment' / 'decoder' / 'model'} \"A wonderful film.\"")
     return 0
+
+
+def sentiment(init: str, out: Path, minutes: float, examples: int, data_dir: str | None) -> list[dict]:
+    """The pretrained decoder as an IMDb sentiment classifier, and two baselines, on the same reviews."""
+    from .classify import build_config, run
+    from .report import collect_runs, write_report
+
+    common = [f"init={init}", f"out_root={out}", "data.dataset=imdb", f"data.max_train_examples={examples}",
+              f"data.max_val_examples={max(100, examples // 4)}",
+              f"data.max_test_examples={max(200, examples // 2)}", "max_length=256", "epochs=null",
+              "train.max_steps=100000", f"train.max_time_s={minutes * 60}", "train.eval_interval=25",
+              "train.save_interval=100000", "train.progress=false", "train.tensorboard=false",
+              "train.early_stopping_patience=0"]
+    quiet = lambda *a, **k: None  # noqa: E731
+    reports = []
+    for kind, over in (("decoder", ["train.lr=1e-3", "train.warmup_steps=10"]),
+                       ("bow", []),
+                       ("gru", ["train.lr=3e-3", "train.warmup_steps=10", "rnn.hidden_size=128"])):
+        cfg = build_config(None, [*common, f"kind={kind}", f"name={kind}", *over])
+        if data_dir:
+            cfg.data.data_dir = data_dir
+        reports.append(run(cfg, log=quiet))
+    write_report(collect_runs([out]), out, title="Quickstart: IMDb sentiment, 2 minutes each")
+    print(f"\n  {'model':<10} {'test acc':>9} {'macro F1':>9} {'params':>8} {'train':>7} {'ms/review':>10}")
+    for r in sorted(reports, key=lambda r: -r["test"]["accuracy"]):
+        print(f"  {r['name']:<10} {r['test']['accuracy']:>9.2%} {r['test']['f1_macro']:>9.3f} "
+              f"{r['parameters'] / 1e6:>7.2f}M {r['train_seconds']:>6.0f}s {r['latency_ms_per_example']:>10.2f}")
+    print(f"  ({reports[0]['test_split']}; the full recipes: scratchlm finetune classify --config imdb)\n")
+    return [{k: r[k] for k in ("name", "kind", "parameters", "train_seconds", "latency_ms_per_example")}
+            | {"test_accuracy": r["test"]["accuracy"], "test_f1": r["test"]["f1_macro"]} for r in reports]

@@ -190,3 +190,13 @@ def test_label_set_of_a_resumed_or_evaluated_model_must_match(tmp_path, tiny_lm_
     assert clf.config["max_length"] == 32
     probs = clf.predict_proba(["good " * 500])
     assert probs.shape == (1, 2) and np.isfinite(probs).all()
+
+
+def test_classical_baseline_may_train_without_validation(tmp_path, tiny_lm_dir, csv):
+    report = run(_config(tmp_path, tiny_lm_dir, csv, name="bow-all", kind="bow", **{"data.val_fraction": 0}),
+                 log=QUIET)
+    assert "val" not in report and report["train_examples"] == 192  # 240 minus the 20% test carve-out
+    from scratchlm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="validation set"):
+        run(_config(tmp_path, tiny_lm_dir, csv, name="gru0", kind="gru", **{"data.val_fraction": 0}), log=QUIET)

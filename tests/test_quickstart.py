@@ -11,8 +11,9 @@ def test_quickstart_end_to_end(tmp_path, cli_env):
     out = tmp_path / "qs"
     proc = subprocess.run(
         [sys.executable, "-m", "scratchlm.cli", "quickstart", "--out", str(out), "--minutes", "0.15",
-         "--train.eval_interval=20", "--model.n_layer=2", "--train.progress=false"],
-        capture_output=True, text=True, timeout=600, env=cli_env)
+         "--train.eval_interval=20", "--model.n_layer=2", "--train.progress=false",
+         "--sentiment-minutes", "0.1", "--sentiment-examples", "200"],
+        capture_output=True, text=True, timeout=900, env=cli_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["stopped_because"] == "max_time_s"
@@ -23,6 +24,11 @@ def test_quickstart_end_to_end(tmp_path, cli_env):
     for needle in ("report:", "checkpoint:", "samples:"):
         assert needle in proc.stdout
     assert load_model(out / "model").model.cfg.n_layer == 2
+    # the sentiment stage: three classifiers on the same reviews, one comparison page
+    summary = json.loads((out / "quickstart.json").read_text())
+    assert [r["name"] for r in summary["sentiment"]] == ["decoder", "bow", "gru"]
+    assert all(0.3 < r["test_accuracy"] <= 1.0 for r in summary["sentiment"])
+    assert (out / "sentiment" / "report.html").exists() and "test acc" in proc.stdout
 
     # the next steps the quickstart prints: generate and evaluate from the model it made
     gen = subprocess.run([sys.executable, "-m", "scratchlm.cli", "generate", "--model", str(out / "model"),

@@ -35,7 +35,7 @@ class LabelError(DataError):
 class LabeledDataConfig:
     dataset: str = "imdb"  # registry name, or a local txt/jsonl/csv/parquet file or folder of split files
     train_split: str = "train"
-    val_split: str | None = None  # None: carve val_fraction from train (seeded, stratified)
+    val_split: str | None = None  # None: carve val_fraction from train (seeded, stratified); 0: no validation
     test_split: str | None = "test"  # the labelled split reported once; None: carve test_fraction from train
     val_fraction: float = 0.1
     test_fraction: float = 0.0
@@ -45,6 +45,7 @@ class LabeledDataConfig:
     # names (integer labels 0..k-1), else the sorted distinct training labels.
     label_names: list[str] | None = None
     max_train_examples: int | None = None  # seeded subsample of train (after the carve-outs), for quick runs
+    max_val_examples: int | None = None  # seeded subsample of the validation set, for quick runs
     max_test_examples: int | None = None  # seeded subsample of the test set, for quick runs
     clean: CleanConfig = field(default_factory=lambda: CleanConfig(unicode_form="NFC", dedup=False))
     data_dir: str | None = None
@@ -55,9 +56,6 @@ class LabeledDataConfig:
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"data.{name} must be in [0, 1), got {v}")
-        if self.val_split is None and self.val_fraction <= 0:
-            raise ValueError("data.val_fraction must be > 0 when data.val_split is not set: early stopping and "
-                             "model selection need a validation set carved from train")
         if self.test_split is None and self.test_fraction <= 0:
             raise ValueError("data.test_fraction must be > 0 when data.test_split is null")
         if self.val_fraction + self.test_fraction >= 0.9:
@@ -244,6 +242,9 @@ def load_labeled(cfg: LabeledDataConfig, *, with_test: bool = True, log=print) -
         val = LabeledSplit(f"{cfg.dataset}:{cfg.val_split}", v_texts,
                            encode_labels(v_raw, values, names, v_where, v_origins))
         train = full
+    elif cfg.val_fraction == 0:  # no validation set (the classical baselines, which select nothing)
+        val = full.subset([], f"{full.name}[no validation]")
+        train = full
     else:
         # fractions are of the whole training file: with a carved test set the validation share grows
         fraction = cfg.val_fraction / (1.0 - cfg.test_fraction) if cfg.test_split is None else cfg.val_fraction
@@ -267,6 +268,9 @@ def load_labeled(cfg: LabeledDataConfig, *, with_test: bool = True, log=print) -
     if cfg.max_train_examples and len(train) > cfg.max_train_examples:
         _, sub = stratified_carve(train.labels, cfg.max_train_examples / len(train), cfg.seed + 2)
         train = train.subset(sub, f"{train.name}[{len(sub)} sampled]")
+    if cfg.max_val_examples and len(val) > cfg.max_val_examples:
+        _, sub = stratified_carve(val.labels, cfg.max_val_examples / len(val), cfg.seed + 4)
+        val = val.subset(sub, f"{val.name}[{len(sub)} sampled]")
     if len(np.unique(train.labels)) < 2:
         raise LabelError(f"{train.name}: after the validation/test carve-outs only one class is left in train")
     return LabeledData(train, val, test, list(names), removed, list(values))
