@@ -409,7 +409,15 @@ def _describe_run(cfg: ClassifyConfig) -> str:
         start = "random initialization" if cfg.init_weights == "random" else "pretrained"
         return f"decoder ({start}), {how}, {cfg.pooling} pooling, {cfg.max_length} tokens head+tail"
     if cfg.kind in CLASSICAL_KINDS:
-        return cfg.classical.describe() if hasattr(cfg.classical, "describe") else cfg.kind
+        c = cfg.classical
+        text = ("CountVectorizer() + LogisticRegression(), sklearn defaults" if cfg.kind == "bow" else
+                "TfidfVectorizer(1-2-grams, sublinear tf, min_df 2) + LogisticRegression(C=30)")
+        extras = [f"{k}={v}" for k, v in (("C", c.C), ("max_iter", c.max_iter), ("ngram_max", c.ngram_max))
+                  if v is not None]
+        extras += [x for x, on in (("stopwords removed", c.stopwords), ("POS-tag features", c.pos_tags)) if on]
+        if c.segment == "jieba" or (c.segment == "auto" and c.language == "zh"):
+            extras.append("jieba word segmentation")
+        return text + (f" ({', '.join(extras)})" if extras else "")
     r = cfg.rnn
     return (f"{'bi' if r.bidirectional else ''}{cfg.kind.upper()} {r.num_layers}x{r.hidden_size}, "
             f"{r.pooling} pooling, BPE tokens")
