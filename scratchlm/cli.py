@@ -190,7 +190,8 @@ def cmd_classify(args, extra) -> int:
     if args.input:
         from .data.sources import load_texts
 
-        texts = load_texts(args.input, "train", args.column or "text")
+        # a .txt file holds one text per line; tables name their column (default "text")
+        texts = load_texts(args.input, "train", args.column or "text", txt_mode="lines")
         probs = clf.predict_proba(texts, batch_size=args.batch_size, progress=True)
         out = Path(args.output or Path(args.input).with_suffix(".predictions.jsonl"))
         import pandas as pd
