@@ -207,3 +207,14 @@ def test_classical_baseline_may_train_without_validation(tmp_path, tiny_lm_dir, 
 
     with pytest.raises(ConfigError, match="validation set"):
         run(_config(tmp_path, tiny_lm_dir, csv, name="gru0", kind="gru", **{"data.val_fraction": 0}), log=QUIET)
+
+
+def test_resume_refuses_a_different_label_set(tmp_path, tiny_lm_dir, csv):
+    from scratchlm.train.checkpoint import CheckpointError
+
+    run(_config(tmp_path, tiny_lm_dir, csv, name="r", **{"train.max_steps": 2}), log=QUIET)
+    other = tmp_path / "other.csv"
+    other.write_text(csv.read_text().replace(",pos\n", ",positive\n").replace(",neg\n", ",negative\n"))
+    cfg = _config(tmp_path, tiny_lm_dir, other, name="r", **{"train.max_steps": 4, "train.resume": "true"})
+    with pytest.raises(CheckpointError, match="label_names"):
+        run(cfg, log=QUIET)

@@ -170,11 +170,15 @@ class Trainer:
             return
         ckpt.verify(folder)
         state = json.loads((folder / "trainer_state.json").read_text("utf-8"))
-        saved_model = ckpt.read_config(folder).get("model")
-        current_model = self.run_config.get("model")
+        saved = ckpt.read_config(folder)
+        saved_model, current_model = saved.get("model"), self.run_config.get("model")
         if saved_model is not None and current_model is not None and saved_model != current_model:
             raise ckpt.CheckpointError(f"cannot resume from {folder}: its model config differs from this "
                                        f"run's ({_dict_diff(saved_model, current_model)})")
+        for key in ("kind", "label_names", "rnn"):  # a task model's head must fit the data it resumes on
+            if key in saved and key in self.run_config and saved[key] != self.run_config[key]:
+                raise ckpt.CheckpointError(f"cannot resume from {folder}: its {key} {saved[key]!r} differs from "
+                                           f"this run's {self.run_config[key]!r}")
         self._load_model_and_optimizer(folder)
         self.step = state["step"]
         self.best_metric, self.best_step = state.get("best_metric"), state.get("best_step")
