@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("quickstart", help="the whole pipeline on real data in a few minutes")
     sp.add_argument("--out", default="runs/quickstart")
     sp.add_argument("--minutes", type=float, default=4.0, help="pretraining wall-clock budget")
-    sp.add_argument("--sentiment-minutes", type=float, default=1.5,
+    sp.add_argument("--sentiment-minutes", type=float, default=1.0,
                     help="wall-clock budget of each neural sentiment classifier")
     sp.add_argument("--sentiment-examples", type=int, default=2000, help="IMDb training reviews for the classifiers")
     sp.add_argument("--data-dir", default=None)

@@ -17,7 +17,7 @@ PROMPTS = ["ROMEO:\n", "First Citizen:\nWe are", "KING HENRY:\nMy lords,"]
 
 
 def run(out_dir: str = "runs/quickstart", minutes: float = 4.0, data_dir: str | None = None,
-        extra: list[str] | None = None, sentiment_minutes: float = 1.5, sentiment_examples: int = 2000) -> int:
+        extra: list[str] | None = None, sentiment_minutes: float = 1.0, sentiment_examples: int = 2000) -> int:
     from .generate import SamplingConfig, generate_text
     from .model.io import load_model
     from .pretrain import build_config
@@ -66,7 +66,7 @@ def sentiment(init: str, out: Path, minutes: float, examples: int, data_dir: str
     common = [f"init={init}", f"out_root={out}", "data.dataset=imdb", f"data.max_train_examples={examples}",
               f"data.max_val_examples={max(100, examples // 4)}",
               f"data.max_test_examples={max(200, examples // 2)}", "max_length=256", "epochs=null",
-              "train.max_steps=100000", f"train.max_time_s={minutes * 60}", "train.eval_interval=25",
+              "train.max_steps=100000", f"train.max_time_s={minutes * 60}", "train.eval_interval=50",
               "train.save_interval=100000", "train.progress=false", "train.tensorboard=false",
               "train.early_stopping_patience=0"]
     quiet = lambda *a, **k: None  # noqa: E731
