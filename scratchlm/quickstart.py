@@ -78,7 +78,8 @@ def sentiment(init: str, out: Path, minutes: float, examples: int, data_dir: str
         if data_dir:
             cfg.data.data_dir = data_dir
         reports.append(run(cfg, log=quiet))
-    write_report(collect_runs([out]), out, title="Quickstart: IMDb sentiment, 2 minutes each")
+    title = f"Quickstart: IMDb sentiment, {examples:,} reviews, {minutes:g} min each"
+    write_report(collect_runs([out]), out, title=title)
     print(f"\n  {'model':<10} {'test acc':>9} {'macro F1':>9} {'params':>8} {'train':>7} {'ms/review':>10}")
     for r in sorted(reports, key=lambda r: -r["test"]["accuracy"]):
         print(f"  {r['name']:<10} {r['test']['accuracy']:>9.2%} {r['test']['f1_macro']:>9.3f} "
