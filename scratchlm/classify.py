@@ -123,12 +123,16 @@ def build_config(yaml_path: str | Path | None = None, overrides: list[str] | Non
         data[k] = v
     parsed = [parse_override(o) for o in overrides or []]
     data = apply_overrides(data, parsed)
-    # per-kind sections: `by_kind: {recurrent: {train: {lr: 2e-3}}, bow: {...}}` apply under the overrides
+    # per-kind sections: `by_kind: {recurrent: {train: {lr: 2e-3}}, lora: {...}, bow: {...}}` (a kind,
+    # "recurrent" for rnn/lstm/gru, "lora" for the decoder with method lora) apply under the overrides
     by_kind = data.pop("by_kind", None) or {}
     if not isinstance(by_kind, dict):
         raise ConfigError("by_kind must map a kind (or 'recurrent') to a config section")
     kind = data.get("kind", "decoder")
-    for key in ("recurrent", kind) if kind in ("rnn", "lstm", "gru") else (kind,):
+    keys = ["recurrent", kind] if kind in ("rnn", "lstm", "gru") else [kind]
+    if kind == "decoder" and data.get("method") == "lora":
+        keys.append("lora")
+    for key in keys:
         section = by_kind.get(key)
         if section:
             data = apply_overrides(_deep_merge(data, section), parsed)

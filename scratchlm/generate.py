@@ -139,6 +139,40 @@ def _attention_mask(valid: torch.Tensor, q_start: int) -> torch.Tensor:
     return allowed.unsqueeze(1)
 
 
+def _check_prompts(prompts: list[list[int]], vocab_size: int) -> None:
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty; give at least one token (e.g. BOS or EOS)")
+        if min(p) < 0 or max(p) >= vocab_size:
+            raise ValueError(f"prompt {i} has a token id outside [0, {vocab_size}) (the vocabulary)")
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, total: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, valid), both (B, total): each prompt ends at column max(len) - 1; pad_id / False elsewhere."""
+    longest = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), total), pad_id, dtype=torch.long, device=device)
+    valid = torch.zeros((len(prompts), total), dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, longest - len(p):longest] = torch.tensor(p, dtype=torch.long)
+        valid[i, longest - len(p):longest] = True
+    return ids, valid
+
+
+def _last_logits(model: Transformer, ids: torch.Tensor, valid: torch.Tensor, start: int,
+                 cache: KVCache | None) -> torch.Tensor:
+    """fp32 logits (B, V) for the token after column S-1, where valid is (B, S) and ids holds columns start..S-1.
+
+    Per-row position ids count only valid columns (a left-padded row starts at rotary position 0); with a
+    cache, the new columns are written at cache.pos (== start) and cache.pos is advanced to S."""
+    end = valid.size(1)
+    positions = (valid.cumsum(dim=1) - 1).clamp(min=0)[:, start:end]
+    mask = _attention_mask(valid, start)
+    hidden = model(ids, position_ids=positions, mask=mask, cache=cache)
+    if cache is not None:
+        cache.pos = end
+    return model.lm_head(hidden[:, -1]).float()
+
+
 @contextlib.contextmanager
 def _eval_mode(model: torch.nn.Module):
     was_training = model.training
@@ -157,11 +191,7 @@ class _BatchDecoder:
                  pad_id: int, eos_id: int | None) -> None:
         cfg.validate()
         mcfg = model.cfg
-        for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise ValueError(f"prompt {i} is empty; give at least one token (e.g. BOS or EOS)")
-            if min(p) < 0 or max(p) >= mcfg.vocab_size:
-                raise ValueError(f"prompt {i} has a token id outside [0, {mcfg.vocab_size}) (the vocabulary)")
+        _check_prompts(prompts, mcfg.vocab_size)
         longest = max(len(p) for p in prompts)
         total = longest + cfg.max_new_tokens
         if total > mcfg.block_size:
@@ -178,11 +208,7 @@ class _BatchDecoder:
         self.finished = [False] * B
         self.steps = 0
         # Token buffer, left-padded prompts then one column per step; valid = not padding.
-        self.ids = torch.full((B, total), pad_id, dtype=torch.long, device=device)
-        self.valid = torch.zeros((B, total), dtype=torch.bool, device=device)
-        for i, p in enumerate(prompts):
-            self.ids[i, longest - len(p):longest] = torch.tensor(p, dtype=torch.long)
-            self.valid[i, longest - len(p):longest] = True
+        self.ids, self.valid = _left_pad(prompts, pad_id, total, device)
         self.length = longest  # filled columns
         self.fed = 0  # columns already in the KV cache
         self.cache = KVCache(mcfg, B, total, device, param.dtype) if cfg.use_cache else None
@@ -208,14 +234,10 @@ class _BatchDecoder:
         """fp32 logits (B, V) for the token after the last filled column."""
         start = self.fed if self.cache is not None else 0
         end = self.length
-        valid = self.valid[:, :end]
-        positions = (valid.cumsum(dim=1) - 1).clamp(min=0)[:, start:end]
-        mask = _attention_mask(valid, start)
-        hidden = self.model(self.ids[:, start:end], position_ids=positions, mask=mask, cache=self.cache)
+        logits = _last_logits(self.model, self.ids[:, start:end], self.valid[:, :end], start, self.cache)
         if self.cache is not None:
-            self.cache.pos = end
             self.fed = end
-        return self.model.lm_head(hidden[:, -1]).float()
+        return logits
 
     @torch.inference_mode()
     def step(self) -> list[int | None]:
