@@ -218,3 +218,22 @@ def test_resume_refuses_a_different_label_set(tmp_path, tiny_lm_dir, csv):
     cfg = _config(tmp_path, tiny_lm_dir, other, name="r", **{"train.max_steps": 4, "train.resume": "true"})
     with pytest.raises(CheckpointError, match="label_names"):
         run(cfg, log=QUIET)
+
+
+def test_recipe_sections_per_kind_and_override_precedence():
+    from scratchlm.cli import _recipe
+
+    imdb = _recipe("imdb")
+    dec = build_config(imdb, [])
+    assert (dec.kind, dec.method, dec.pooling, dec.train.best_metric, dec.train.best_mode) == \
+        ("decoder", "full", "mean", "val_f1", "max")
+    lora = build_config(imdb, [], defaults={"method": "lora"})
+    assert lora.train.lr == 1e-3 and lora.lora.task_type == "SEQ_CLS"
+    gru = build_config(imdb, [], defaults={"kind": "gru"})
+    assert gru.rnn.cell == "gru" and gru.train.lr == 2e-3 and gru.max_length == 400
+    assert build_config(imdb, ["train.lr=5e-3"], defaults={"kind": "gru"}).train.lr == 5e-3  # CLI wins
+    assert build_config(imdb, [], defaults={"kind": "bow"}).classical.kind == "bow"
+    from scratchlm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="poolin"):
+        build_config(imdb, ["poolin=mean"])
