@@ -1,0 +1,237 @@
+"""Sequence to sequence with a decoder-only model: ``<|bos|> [task, language tokens] source <|sep|> target
+<|eos|>``, loss on the target tokens only, short pairs packed into full contexts without attention across
+examples.
+
+Packing: examples are laid end to end in rows of ``block_size`` tokens (first fit over a seeded order);
+every example restarts its positions at 0 and a block-diagonal causal mask keeps it from attending to its
+neighbours, so a packed example computes exactly what it computes alone (tested). Rows of step ``s`` are a
+function of (seed, s) only, as in the other tasks, so resume and any process/accumulation split see the
+same data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .classify import truncate_head_tail
+
+TASK_TOKENS = {"translate": "<|translate|>", "summarize": "<|summarize|>"}
+LANG_TOKENS = {"en": "<|en|>", "zh": "<|zh|>"}
+
+
+def prompt_prefix(tokenizer, task: str, src_lang: str | None = None, tgt_lang: str | None = None) -> list[int]:
+    """``<|bos|> <task> [<src lang> <tgt lang>]``: what comes before the source."""
+    if task not in TASK_TOKENS:
+        raise ValueError(f"unknown seq2seq task {task!r}; choose one of {sorted(TASK_TOKENS)}")
+    ids = [tokenizer.bos_id, tokenizer.token_id(TASK_TOKENS[task])]
+    if task == "translate":
+        for lang in (src_lang, tgt_lang):
+            if lang not in LANG_TOKENS:
+                raise ValueError(f"language {lang!r} has no direction token; supported: {sorted(LANG_TOKENS)}")
+            ids.append(tokenizer.token_id(LANG_TOKENS[lang]))
+    return ids
+
+
+@dataclass
+class Example:
+    prompt: list[int]  # prefix + source + <|sep|>
+    target: list[int]  # target + <|eos|>
+
+    def __len__(self) -> int:
+        return len(self.prompt) + len(self.target)
+
+
+@dataclass
+class EncodeReport:
+    examples: int = 0
+    source_truncated: int = 0
+    target_truncated: int = 0
+    dropped_empty: int = 0
+    dropped: list[int] = field(default_factory=list)  # indices of dropped pairs
+
+    def summary(self) -> str:
+        return (f"{self.examples:,} examples; sources cut to fit: {self.source_truncated:,}; targets cut: "
+                f"{self.target_truncated:,}; empty pairs dropped: {self.dropped_empty:,}")
+
+
+def encode_pairs(tokenizer, sources: Sequence[str], targets: Sequence[str] | None, prefix: list[int], *,
+                 block_size: int, max_target_tokens: int, head_fraction: float = 1.0
+                 ) -> tuple[list[Example], EncodeReport]:
+    """Token examples; a source too long for the context keeps its head (``head_fraction`` of the room;
+    1.0 = the beginning only) and tail, a target longer than ``max_target_tokens`` is cut (and counted)."""
+    sep, eos = tokenizer.sep_id, tokenizer.eos_id
+    report = EncodeReport()
+    src_ids = tokenizer.encode_batch(list(sources))
+    tgt_ids = tokenizer.encode_batch(list(targets)) if targets is not None else [[] for _ in sources]
+    out = []
+    for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
+        if not s or (targets is not None and not t):
+            report.dropped_empty += 1
+            report.dropped.append(i)
+            continue
+        if len(t) > max_target_tokens:
+            t = t[:max_target_tokens]
+            report.target_truncated += 1
+        room = block_size - len(prefix) - 1 - (len(t) + 1 if targets is not None else max_target_tokens + 1)
+        if room < 1:
+            raise ValueError(f"block_size {block_size} leaves no room for the source after a target of "
+                             f"{len(t)} tokens; lower max_target_tokens")
+        if len(s) > room:
+            s = truncate_head_tail(s, room, head_fraction)
+            report.source_truncated += 1
+        out.append(Example([*prefix, *s, sep], [*t, eos] if targets is not None else []))
+    report.examples = len(out)
+    return out, report
+
+
+def example_arrays(ex: Example) -> tuple[np.ndarray, np.ndarray]:
+    """(input ids, targets) for one example: next-token targets, -100 wherever the next token is still
+    part of the prompt (no loss on the source)."""
+    full = np.asarray(ex.prompt + ex.target, dtype=np.int64)
+    targets = full[1:].copy()
+    targets[: len(ex.prompt) - 1] = -100
+    return full[:-1], targets
+
+
+def pack(lengths: np.ndarray, order: np.ndarray, block_size: int) -> list[list[int]]:
+    """First-fit packing of examples (in ``order``) into rows of at most ``block_size`` input tokens."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = int(lengths[i])
+        for r, free in enumerate(room):
+            if n <= free:
+                rows[r].append(int(i))
+                room[r] -= n
+                break
+        else:
+            rows.append([int(i)])
+            room.append(block_size - n)
+    return rows
+
+
+def packed_batch(examples: Sequence[Example], rows: Sequence[Sequence[int]], block_size: int, pad_id: int,
+                 pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """idx/targets/position_ids (B, T) and a block-diagonal causal mask (B, 1, T, T) for packed rows."""
+    T = pad_to or max(sum(len(examples[i]) - 1 for i in row) for row in rows)
+    B = len(rows)
+    idx = np.full((B, T), pad_id, dtype=np.int64)
+    tgt = np.full((B, T), -100, dtype=np.int64)
+    pos = np.zeros((B, T), dtype=np.int64)
+    seg = np.full((B, T), -1, dtype=np.int64)
+    for b, row in enumerate(rows):
+        at = 0
+        for k, i in enumerate(row):
+            x, y = example_arrays(examples[i])
+            n = len(x)
+            idx[b, at:at + n], tgt[b, at:at + n] = x, y
+            pos[b, at:at + n] = np.arange(n)
+            seg[b, at:at + n] = k
+            at += n
+    seg_t = torch.from_numpy(seg)
+    same = seg_t[:, :, None] == seg_t[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    eye = torch.eye(T, dtype=torch.bool)
+    mask = (same & causal & (seg_t[:, :, None] >= 0)) | eye  # pads see only themselves (no empty rows)
+    return {"idx": torch.from_numpy(idx), "targets": torch.from_numpy(tgt), "position_ids": torch.from_numpy(pos),
+            "mask": mask.unsqueeze(1)}
+
+
+class Seq2SeqLoss(nn.Module):
+    """forward(batch) -> (summed next-token loss over target tokens, number of target tokens)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = batch["targets"]
+        kw = {k: batch[k] for k in ("position_ids", "mask") if k in batch}
+        loss = self.model.loss(batch["idx"], targets, reduction="sum", **kw)
+        return loss, (targets != -100).sum()
+
+
+class Seq2SeqTask:
+    """Packed (or one-per-row) examples for the shared Trainer; validation loss per target token."""
+
+    def __init__(self, model: nn.Module, train: list[Example], val: list[Example], *, block_size: int,
+                 pad_id: int, seed: int = 1337, packing: bool = True, eval_batch_size: int = 16) -> None:
+        if not train:
+            raise ValueError("no training examples")
+        self.model = model
+        self.train, self.val = train, val
+        self.block_size = block_size
+        self.pad_id = pad_id
+        self.seed = seed
+        self.packing = packing
+        self.eval_batch_size = eval_batch_size
+        self.lengths = np.array([len(e) - 1 for e in train])
+        if int(self.lengths.max()) > block_size:
+            raise ValueError(f"an example has {int(self.lengths.max())} tokens, more than block_size {block_size}")
+        self._epochs: dict[int, list[list[int]]] = {}
+
+    def loss_module(self) -> nn.Module:
+        return Seq2SeqLoss(self.model)
+
+    def epoch_rows(self, epoch: int) -> list[list[int]]:
+        """The rows of one epoch: a seeded shuffle of the examples, packed (or one example per row)."""
+        if epoch not in self._epochs:
+            order = np.random.Generator(np.random.PCG64([self.seed, epoch])).permutation(len(self.train))
+            if self.packing:
+                rows = pack(self.lengths, order, self.block_size)
+                rng = np.random.Generator(np.random.PCG64([self.seed, epoch, 1]))
+                rows = [rows[i] for i in rng.permutation(len(rows))]
+            else:
+                rows = [[int(i)] for i in order]
+            self._epochs = {epoch: rows}  # keep one epoch in memory
+        return self._epochs[epoch]
+
+    def rows_per_epoch(self) -> int:
+        return len(self.epoch_rows(0))
+
+    def micro_batches(self, step, n_micro, micro_batch_size, rank, world_size):
+        gb = n_micro * micro_batch_size * world_size
+        per_epoch = self.rows_per_epoch()
+        picks = []
+        for j in range(step * gb, (step + 1) * gb):
+            epoch, pos = divmod(j, per_epoch)
+            picks.append(self.epoch_rows(epoch)[pos])
+        out = []
+        for m in range(n_micro):
+            lo = (m * world_size + rank) * micro_batch_size
+            rows = picks[lo:lo + micro_batch_size]
+            batch = packed_batch(self.train, rows, self.block_size, self.pad_id)
+            if not self.packing:  # one example per row, right-padded: plain causal attention is exact
+                batch.pop("mask")
+                batch.pop("position_ids")
+            out.append(batch)
+        return out
+
+    def batch_tokens(self, batch) -> int:
+        return int((batch["idx"] != self.pad_id).sum())
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]:
+        if not self.val:
+            return {}
+        device = next(model.parameters()).device
+        n = len(self.val) if not max_batches else min(len(self.val), max_batches * self.eval_batch_size)
+        order = np.argsort([-len(e) for e in self.val[:n]], kind="stable")
+        total, count = 0.0, 0
+        for lo in range(0, n, self.eval_batch_size):
+            rows = [[int(i)] for i in order[lo:lo + self.eval_batch_size]]
+            b = packed_batch(self.val, rows, self.block_size, self.pad_id)
+            logits = model.logits(b["idx"].to(device)).float()
+            t = b["targets"].to(device)
+            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), t.reshape(-1), ignore_index=-100,
+                                     reduction="sum").item()
+            count += int((t != -100).sum())
+        loss = total / max(count, 1)
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50))}
