@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ from .model.io import check_tokenizer, load_model, model_config_from_dict
 from .model.lora import LoraConfig, inject_lora, lora_modules, merge_lora, save_adapter
 from .model.rnn import RNNClassifier, RNNConfig
 from .model.transformer import Transformer
+from .stages import command_line, count_parameters, ensure_pretrained
 from .tasks.classify import ClassifyTask, balanced_weights, encode_texts, predict_proba
 from .tasks.metrics import classification_metrics, plot_confusion_matrix
 from .tokenizer import Tokenizer
@@ -188,16 +187,6 @@ def _class_weights(cfg: ClassifyConfig, data: LabeledData):
     return w * len(data.train) / float((w[data.train.labels]).sum())  # mean weight over the rows = 1
 
 
-def _num_params(model: torch.nn.Module, trainable: bool = False) -> int:
-    seen, n = set(), 0
-    for p in model.parameters():
-        if id(p) in seen or (trainable and not p.requires_grad):
-            continue
-        seen.add(id(p))
-        n += p.numel()
-    return n
-
-
 def model_config(model: torch.nn.Module) -> dict:
     """What config.json records to rebuild ``model``."""
     if isinstance(model, SequenceClassifier):
@@ -267,10 +256,6 @@ def load_classifier(path: str | Path, device: str = "cpu") -> LoadedClassifier:
 
 
 # ------------------------------------------------------------------------------------------------ running
-def _command() -> str:
-    return "scratchlm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
-
-
 def evaluate_split(clf: LoadedClassifier, texts: list[str], labels: np.ndarray, *, batch_size: int = 32,
                    progress: bool = False) -> tuple[dict, np.ndarray, float]:
     """(metrics, probabilities, seconds) of ``clf`` on one labelled split."""
@@ -288,7 +273,7 @@ def _finish(cfg: ClassifyConfig, out: Path, clf: LoadedClassifier, data: Labeled
     """Validation and (once) test metrics of the saved model, the confusion PNG, report.json."""
     bs = cfg.eval_batch_size
     report = {"task": "classify", "dataset": cfg.data.dataset, "name": cfg.name, "kind": cfg.kind,
-              "scratchlm_version": __version__, "command": _command(), **info, "data": data.summary()}
+              "scratchlm_version": __version__, "command": command_line(), **info, "data": data.summary()}
     if len(data.val):
         report["val"], _, _ = evaluate_split(clf, data.val.texts, data.val.labels, batch_size=bs)
         report["val_split"] = data.val.name
@@ -320,7 +305,7 @@ def run(cfg: ClassifyConfig, log=print) -> dict:
         return run_classical(cfg, log)
     out = cfg.out_dir
     cfg.train.out_dir = str(out)
-    ensure_pretrained(cfg, log)
+    ensure_pretrained(cfg.init, cfg.pretrain, cfg.pretrain_overrides, cfg.data.data_dir, log)
     pretrained = load_model(cfg.init)
     assert_not_pretrained_on(pretrained.config, cfg.data.dataset, cfg.data.test_split)
     tok = pretrained.tokenizer
@@ -347,7 +332,7 @@ def run(cfg: ClassifyConfig, log=print) -> dict:
     gb = cfg.train.global_batch_size or cfg.train.micro_batch_size
     if cfg.epochs is not None:
         cfg.train.max_steps = max(1, math.ceil(cfg.epochs * task.steps_per_epoch(gb)))
-    n_total, n_train = _num_params(model), _num_params(model, trainable=True)
+    n_total, n_train = count_parameters(model), count_parameters(model, trainable=True)
     log(f"model: {cfg.kind}{' (' + cfg.method + ')' if cfg.kind == 'decoder' else ''}, "
         f"{n_total / 1e6:.2f}M parameters, {n_train / 1e6:.3f}M trainable; {cfg.train.max_steps} steps of "
         f"{gb} examples ({cfg.epochs} epochs of {len(train_rows):,})")
@@ -369,27 +354,6 @@ def run(cfg: ClassifyConfig, log=print) -> dict:
         return info
     clf = load_classifier(result.model_dir)
     return _finish(cfg, out, clf, data, info, log)
-
-
-def ensure_pretrained(cfg: ClassifyConfig, log=print) -> None:
-    """Run the recipe's pretraining stage when ``init`` does not exist yet (it resumes if interrupted)."""
-    if cfg.init and (Path(cfg.init) / "config.json").exists():
-        return
-    if not cfg.pretrain:
-        raise ConfigError(f"init: {cfg.init} does not exist; pretrain a model first or set `pretrain:` to a "
-                          f"pretraining recipe")
-    from . import pretrain as pretrain_stage
-    from .cli import _recipe
-
-    pcfg = pretrain_stage.build_config(_recipe(cfg.pretrain), cfg.pretrain_overrides)
-    if cfg.data.data_dir:
-        pcfg.data.data_dir = cfg.data.data_dir
-    pcfg.train.resume = True
-    target = Path(pcfg.train.out_dir) / "model"
-    if Path(cfg.init).resolve() != target.resolve():
-        raise ConfigError(f"init: {cfg.init} is not what pretraining recipe {cfg.pretrain!r} makes ({target})")
-    log(f"init: {cfg.init} does not exist yet; running the pretraining recipe {cfg.pretrain!r} first")
-    pretrain_stage.run(pcfg, log=log)
 
 
 def _export_lora(model, cfg: ClassifyConfig, model_dir: Path, run_config: dict, tok, log) -> None:
