@@ -151,8 +151,47 @@ def _classify_config(args, extra, defaults: dict | None = None):
     return cfg
 
 
+def _seq2seq_recipe(args) -> bool:
+    """True when the recipe (or --task) is a translation/summarization one."""
+    if getattr(args, "task", None) in ("translate", "summarize"):
+        return True
+    path = _recipe(args.config) if args.config else None
+    if path is None:
+        return False
+    from .config import load_yaml
+
+    return load_yaml(path).get("task") in ("translate", "summarize")
+
+
+def _run_seq2seq(args, extra, defaults: dict) -> int:
+    from .seq2seq import build_config, run
+
+    cfg = build_config(_recipe(args.config), _overrides(extra), defaults=defaults)
+    if getattr(args, "data_dir", None):
+        cfg.data.data_dir = args.data_dir
+    if getattr(args, "resume", False):
+        cfg.train.resume = True
+    report = run(cfg)
+    print(f"report: {cfg.out_dir / 'report.json'}")
+    if "model_dir" in report:
+        print(f"model: {report['model_dir']}")
+    return 0
+
+
 def cmd_finetune(args, extra) -> int:
     from .classify import run
+
+    if args.task in ("translate", "summarize"):
+        defaults = {"task": args.task, "kind": "decoder"}
+        if args.init:
+            defaults["init"] = args.init
+        if args.from_scratch:
+            defaults["init_weights"], defaults["name"] = "random", "decoder-scratch"
+        if args.name:
+            defaults["name"] = args.name
+        extra = [*extra, *([f"data.src_lang={args.src}"] if args.src else []),
+                 *([f"data.tgt_lang={args.tgt}"] if args.tgt else [])]
+        return _run_seq2seq(args, extra, defaults)
 
     defaults = {}
     if args.method:
@@ -174,6 +213,17 @@ def cmd_finetune(args, extra) -> int:
 
 def cmd_baseline(args, extra) -> int:
     from .classify import run
+
+    if _seq2seq_recipe(args):
+        if args.kind not in ("gru", "lstm", "lead"):
+            print(f"scratchlm baseline: {args.kind} is a classification baseline; translation/summarization "
+                  f"recipes take gru, lstm or lead", file=sys.stderr)
+            return 2
+        return _run_seq2seq(args, extra, {"kind": args.kind, "name": args.name or args.kind})
+    if args.kind == "lead":
+        print("scratchlm baseline: lead is the summarization baseline; this recipe is a classification one",
+              file=sys.stderr)
+        return 2
 
     report = run(_classify_config(args, extra, {"kind": args.kind, "name": args.name or args.kind}))
     print(f"report: {Path(report['model_dir']).parent / 'report.json'}\nmodel: {report['model_dir']}")
@@ -222,6 +272,45 @@ def cmd_classify(args, extra) -> int:
         else:
             print(f"{names[j]}\t{p[j]:.4f}" + (f"\t{text[:60]}" if len(args.text) > 1 else ""))
     return 0
+
+
+def _seq2seq_cli(args, task: str) -> int:
+    from .seq2seq import DecodeConfig, load_seq2seq
+
+    loaded = load_seq2seq(args.model)
+    if loaded.task != task:
+        print(f"scratchlm {task}: {args.model} is a {loaded.task} model", file=sys.stderr)
+        return 2
+    if task == "translate":
+        loaded.check_direction(args.src, args.tgt)
+    decode = DecodeConfig(**{**loaded.config.get("decode", {}), "num_beams": args.beams})
+    if args.max_new_tokens:
+        decode.max_new_tokens = args.max_new_tokens
+    if args.input:
+        from .data.sources import load_texts
+
+        texts = load_texts(args.input, "train", args.column or "text", txt_mode="lines")
+        outs = loaded.generate(texts, decode, progress=True)
+        out = Path(args.output or Path(args.input).with_suffix(f".{task}.jsonl"))
+        with open(out, "w", encoding="utf-8") as f:
+            for t, o in zip(texts, outs):
+                f.write(json.dumps({"source": t, "output": o}, ensure_ascii=False) + "\n")
+        print(f"wrote {len(outs):,} outputs to {out}")
+        return 0
+    if not args.text:
+        print(f"scratchlm {task}: give a text or --input FILE", file=sys.stderr)
+        return 2
+    for o in loaded.generate(list(args.text), decode):
+        print(o)
+    return 0
+
+
+def cmd_translate(args, extra) -> int:
+    return _seq2seq_cli(args, "translate")
+
+
+def cmd_summarize(args, extra) -> int:
+    return _seq2seq_cli(args, "summarize")
 
 
 def cmd_report(args, extra) -> int:
@@ -299,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = recipe_verb("finetune", cmd_finetune, "fine-tune a pretrained decoder into a task model")
-    sp.add_argument("task", choices=["classify"], help="the task head to train")
+    sp.add_argument("task", choices=["classify", "translate", "summarize"], help="the task to fine-tune for")
+    sp.add_argument("--src", help="translate: source language (en, zh); default: the recipe's")
+    sp.add_argument("--tgt", help="translate: target language (en, zh); default: the recipe's")
     sp.add_argument("--init", help="pretrained model folder (overrides the recipe's init)")
     sp.add_argument("--method", choices=["full", "lora"], help="full fine-tuning or LoRA adapters")
     sp.add_argument("--from-scratch", action="store_true",
@@ -308,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
 
     sp = recipe_verb("baseline", cmd_baseline, "train a classical baseline on a recipe's data")
-    sp.add_argument("kind", choices=["bow", "tfidf", "rnn", "lstm", "gru"])
+    sp.add_argument("kind", choices=["bow", "tfidf", "rnn", "lstm", "gru", "lead"],
+                    help="classification: bow tfidf rnn lstm gru; translation/summarization: gru lstm lead")
     sp.add_argument("--name", help="run name (default: the kind)")
     sp.add_argument("--resume", action="store_true")
 
@@ -321,6 +413,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_classify)
+
+    for verb, fn, help_ in (("translate", cmd_translate, "translate text with a fine-tuned model (beam search)"),
+                            ("summarize", cmd_summarize, "summarize text with a fine-tuned model (beam search)")):
+        sp = sub.add_parser(verb, help=help_)
+        sp.add_argument("--model", required=True)
+        sp.add_argument("text", nargs="*")
+        sp.add_argument("--input", help="txt (one text per line) / jsonl / csv / parquet file")
+        sp.add_argument("--column", default=None, help="text column of --input (default text)")
+        sp.add_argument("--output", help="output jsonl (default next to --input)")
+        sp.add_argument("--beams", type=int, default=4, help="beam size (1 = greedy)")
+        sp.add_argument("--max-new-tokens", type=int, default=None)
+        if verb == "translate":
+            sp.add_argument("--src", help="source language; must match the model's")
+            sp.add_argument("--tgt", help="target language; must match the model's")
+        sp.set_defaults(fn=fn)
 
     sp = sub.add_parser("report", help="one Markdown + HTML page comparing every model trained on a task")
     sp.add_argument("runs", nargs="+", help="run folders, or a folder of run folders (e.g. runs/imdb)")

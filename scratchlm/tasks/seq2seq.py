@@ -235,3 +235,67 @@ class Seq2SeqTask:
             count += int((t != -100).sum())
         loss = total / max(count, 1)
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50))}
+
+
+class Seq2SeqRNNTask:
+    """(source ids, target ids) pairs for the recurrent encoder-decoder baseline, in length-grouped batches."""
+
+    def __init__(self, model: nn.Module, train: list[tuple[list[int], list[int]]],
+                 val: list[tuple[list[int], list[int]]], *, seed: int = 1337, eval_batch_size: int = 32) -> None:
+        from ..model.seq2seq_rnn import Seq2SeqRNNLoss, make_batch
+
+        if not train:
+            raise ValueError("no training examples")
+        self.model, self.train, self.val = model, train, val
+        self.seed, self.eval_batch_size = seed, eval_batch_size
+        self._make_batch, self._loss = make_batch, Seq2SeqRNNLoss
+        self.lengths = np.array([len(s) + len(t) for s, t in train])
+        self._plan: tuple[int, int, np.ndarray] | None = None
+
+    def loss_module(self) -> nn.Module:
+        return self._loss(self.model)
+
+    def steps_per_epoch(self, gb: int) -> int:
+        return max(1, len(self.train) // gb)
+
+    def _epoch_order(self, epoch: int, gb: int) -> np.ndarray:
+        if self._plan is not None and self._plan[:2] == (epoch, gb):
+            return self._plan[2]
+        rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
+        perm = np.resize(rng.permutation(len(self.train)), max(gb, len(self.train)))
+        n = self.steps_per_epoch(gb) * gb
+        batches = []
+        for lo in range(0, n, gb * 64):  # sort within pools of 64 batches: little padding, still shuffled
+            chunk = perm[lo:min(lo + gb * 64, n)]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + gb] for i in range(0, len(chunk), gb)]
+        order = np.concatenate([batches[i] for i in rng.permutation(len(batches))])
+        self._plan = (epoch, gb, order)
+        return order
+
+    def micro_batches(self, step, n_micro, micro_batch_size, rank, world_size):
+        gb = n_micro * micro_batch_size * world_size
+        epoch, pos = divmod(step, self.steps_per_epoch(gb))
+        rows = self._epoch_order(epoch, gb)[pos * gb:(pos + 1) * gb]
+        out = []
+        for m in range(n_micro):
+            lo = (m * world_size + rank) * micro_batch_size
+            batch = self._make_batch([self.train[i] for i in rows[lo:lo + micro_batch_size]], self.model.cfg)
+            out.append({**batch, "count": int((batch["tgt_out"] != -100).sum())})
+        return out
+
+    def batch_tokens(self, batch) -> int:
+        return int(batch["src_mask"].sum()) + int((batch["tgt_out"] != -100).sum())
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]:
+        if not self.val:
+            return {}
+        n = len(self.val) if not max_batches else min(len(self.val), max_batches * self.eval_batch_size)
+        total, count = 0.0, 0
+        for lo in range(0, n, self.eval_batch_size):
+            batch = self._make_batch(self.val[lo:min(lo + self.eval_batch_size, n)], model.cfg)
+            s, c = model.loss(batch)
+            total, count = total + float(s), count + int(c)
+        loss = total / max(count, 1)
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50))}

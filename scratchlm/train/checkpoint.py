@@ -242,9 +242,14 @@ def load_model_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
     """Load weights strictly, allowing a tied output head to be absent; name any mismatch."""
     own = model.state_dict()
     missing = [k for k in own if k not in tensors]
-    tied = {k for k in missing if (k == "lm_head.weight" or k.endswith(".lm_head.weight"))
-            and getattr(model, "cfg", None) is not None
-            and getattr(model.cfg, "tie_embeddings", False)}
+    # a weight tied to another one (output head = embedding) is stored once (model_state): absent is fine when
+    # a tensor sharing its storage is present
+    by_storage: dict[int, list[str]] = {}
+    for k, t in own.items():
+        if t.numel():
+            by_storage.setdefault(t.untyped_storage().data_ptr(), []).append(k)
+    tied = {k for k in missing if own[k].numel()
+            and any(o in tensors for o in by_storage.get(own[k].untyped_storage().data_ptr(), []) if o != k)}
     missing = [k for k in missing if k not in tied]
     unexpected = [k for k in tensors if k not in own]
     if missing or unexpected:

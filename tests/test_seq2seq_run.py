@@ -1,0 +1,85 @@
+"""Translation/summarization runner end to end on tiny models: decoder, GRU baseline, lead baseline, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from scratchlm.seq2seq import build_config, lead, load_seq2seq, run
+
+QUIET = lambda *a, **k: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    """A toy en->zh 'translation': each English word maps to one Chinese character."""
+    import random
+
+    words = {"cat": "猫", "dog": "狗", "big": "大", "red": "红", "sun": "日", "tree": "树", "sea": "海", "bird": "鸟"}
+    rng = random.Random(0)
+    rows = []
+    for i in range(300):
+        ws = rng.choices(list(words), k=rng.randint(2, 4))
+        rows.append({"en": " ".join(ws) + f" {i}", "zh": "".join(words[w] for w in ws) + f"{i}"})
+    path = tmp_path_factory.mktemp("mt") / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", "utf-8")
+    return path
+
+
+def _cfg(tmp_path, init, data, **over):
+    o = [f"init={init}", f"data.dataset={data}", "data.source_column=en", "data.target_column=zh",
+         "data.src_lang=en", "data.tgt_lang=zh", "data.val_size=20", "data.test_size=20",
+         f"out_root={tmp_path / 'runs'}", "max_target_tokens=24", "train.max_steps=20", "train.micro_batch_size=8",
+         "train.lr=3e-3", "train.warmup_steps=2", "train.eval_interval=10", "train.save_interval=10",
+         "train.progress=false", "train.tensorboard=false", "train.device=cpu", "train.precision=fp32",
+         "train.threads=1", "decode.num_beams=2", "decode.max_new_tokens=24",
+         *[f"{k}={v}" for k, v in over.items()]]
+    return build_config(None, o, defaults={"task": "translate"})
+
+
+def test_decoder_translation_run_reload_and_direction_check(tmp_path, tiny_lm_dir, pairs_file):
+    report = run(_cfg(tmp_path, tiny_lm_dir, pairs_file, name="decoder"), log=QUIET)
+    assert report["direction"] == "en-zh" and set(report["test"]) == {"greedy", "beam"}
+    for mode in ("greedy", "beam"):
+        b = report["test"][mode]["bleu"]
+        assert 0 <= b["score"] <= 100 and "tok:zh" in b["signature"]
+        assert report["test"][mode]["sentences_per_s"] > 0
+    rows = [json.loads(x) for x in (tmp_path / "runs/decoder/predictions_test.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 and {"source", "references", "greedy", "beam"} <= set(rows[0])
+    loaded = load_seq2seq(tmp_path / "runs/decoder/model")
+    assert loaded.check_direction("en", "zh") == ("en", "zh")
+    with pytest.raises(ValueError, match="supported directions: en-zh"):
+        loaded.check_direction("fr", "de")
+
+
+def test_gru_baseline_and_lead(tmp_path, tiny_lm_dir, pairs_file):
+    cfg = _cfg(tmp_path, tiny_lm_dir, pairs_file, name="gru", kind="gru", **{"rnn.hidden_size": 32,
+                                                                             "rnn.n_embd": 32})
+    report = run(cfg, log=QUIET)
+    assert report["kind"] == "gru" and report["parameters"] > 0 and "beam" in report["test"]
+    assert load_seq2seq(tmp_path / "runs/gru/model").generate(["cat dog"], cfg.decode, num_beams=1)[0] is not None
+    assert lead("First one. Second one! Third") == "First one."
+    assert lead("line one\nline two", 2) == "line one line two"
+
+
+def test_translate_cli(tmp_path, tiny_lm_dir, pairs_file, cli_env):
+    run(_cfg(tmp_path, tiny_lm_dir, pairs_file, name="decoder", **{"train.max_steps": 2}), log=QUIET)
+    model = str(tmp_path / "runs/decoder/model")
+    cli = [sys.executable, "-m", "scratchlm.cli", "translate", "--model", model]
+    p = subprocess.run(cli + ["cat dog", "--beams", "2", "--max-new-tokens", "8"], env=cli_env, capture_output=True,
+                       text=True, cwd=REPO, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout.splitlines()) == 1
+    p = subprocess.run(cli + ["cat", "--src", "fr", "--tgt", "de"], env=cli_env, capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+    assert p.returncode == 2 and "supported directions: en-zh" in p.stderr
+    inp = tmp_path / "in.txt"
+    inp.write_text("cat dog\nbig sun\n")
+    p = subprocess.run(cli + ["--input", str(inp), "--beams", "1", "--max-new-tokens", "6"], env=cli_env,
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert len((tmp_path / "in.translate.jsonl").read_text().splitlines()) == 2
