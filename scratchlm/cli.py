@@ -110,7 +110,36 @@ def _is_classifier(model_dir: str) -> bool:
         return False
 
 
+def _model_task(model_dir: str) -> str | None:
+    from .train import checkpoint as ckpt
+
+    folder = Path(model_dir)
+    try:
+        if not (folder / "config.json").exists():
+            folder = ckpt.resolve(folder)
+        return json.loads((folder / "config.json").read_text("utf-8")).get("task")
+    except (OSError, ValueError):
+        return None
+
+
 def cmd_evaluate(args, extra) -> int:
+    if _model_task(args.model) in ("translate", "summarize"):
+        from .seq2seq import evaluate_model, headline
+
+        source, _, split = (args.data or "").partition(":")
+        m = evaluate_model(args.model, source or None, split=split or "test", num_beams=args.beams,
+                           data_dir=args.data_dir, out_dir=args.out or Path(args.model) / "eval",
+                           progress=not args.json)
+        print(json.dumps(m, indent=2, ensure_ascii=False) if args.json else
+              f"{m['data']} ({m['n']:,} examples, {m['direction']}, beam {m['num_beams']}): "
+              f"{headline(_model_task(args.model), m)}; {m['sentences_per_s']:.1f} sentences/s\n"
+              + "\n".join(v["signature"] for v in m.values() if isinstance(v, dict) and "signature" in v)
+              + f"\npredictions: {m.get('predictions')}")
+        return 0
+    if not args.data:
+        print("scratchlm evaluate: --data is required (e.g. --data wikitext2:test or --data imdb:test)",
+              file=sys.stderr)
+        return 2
     if _is_classifier(args.model):
         from .classify import evaluate_model, format_metrics
 
@@ -377,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("evaluate", help="perplexity and bits-per-byte of a model on a dataset split or file")
     sp.add_argument("--model", required=True)
-    sp.add_argument("--data", required=True, help="dataset[:split] or a file, e.g. wikitext2:test")
+    sp.add_argument("--data", help="dataset[:split] or a file, e.g. wikitext2:test (translation/summarization "
+                                   "models: default their recipe's test split)")
+    sp.add_argument("--beams", type=int, default=4, help="translation/summarization: beam size (1 = greedy)")
     sp.add_argument("--column", default=None, help="text column")
     sp.add_argument("--label-column", default=None, help="label column (classifiers)")
     sp.add_argument("--data-dir", default=None)

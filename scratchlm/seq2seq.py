@@ -370,3 +370,34 @@ def _run_rnn(cfg: Seq2SeqConfig, out: Path, data: ParallelData, tok, pretrained,
         return loaded.generate(sources, cfg.decode, num_beams=beams, progress=cfg.train.progress)
 
     return _test_and_report(cfg, out, data, predict, info, log)
+
+
+def evaluate_model(model_dir: str | Path, data: str | None = None, *, split: str = "test", num_beams: int = 4,
+                   data_dir: str | None = None, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """BLEU/chrF or ROUGE of a saved model on its recipe's test split (the same seeded split it was trained
+    around), or on ``data`` (a dataset name or a jsonl/csv/parquet file with source/target columns)."""
+    loaded = load_seq2seq(model_dir)
+    recipe = loaded.config.get("recipe", {}).get("data", {})
+    dcfg = from_dict(Seq2SeqDataConfig, {**recipe, **({"dataset": data} if data else {}),
+                                         **({"data_dir": data_dir} if data_dir else {})})
+    pdata = load_parallel(dcfg)
+    part = {"test": pdata.test, "validation": pdata.val, "train": pdata.train}.get(split)
+    if part is None:
+        raise ValueError(f"split must be test, validation or train, got {split!r}")
+    decode = DecodeConfig(**loaded.config.get("decode", {}))
+    t0 = time.perf_counter()
+    hyps = loaded.generate(part.sources, decode, num_beams=num_beams, progress=progress)
+    seconds = time.perf_counter() - t0
+    out = {"model": str(loaded.folder), "data": part.name, "n": len(part), "num_beams": num_beams,
+           "direction": direction(pdata.src_lang, pdata.tgt_lang), "sentences_per_s": len(part) / seconds,
+           **score(loaded.task, pdata.tgt_lang, hyps, part.references)}
+    if out_dir:
+        folder = Path(out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"eval_{Path(dcfg.dataset).stem or 'files'}_{split}_beam{num_beams}"
+        (folder / f"{stem}.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        with open(folder / f"{stem}.predictions.jsonl", "w", encoding="utf-8") as f:
+            for src, refs, hyp in zip(part.sources, part.references, hyps):
+                f.write(json.dumps({"source": src, "references": refs, "prediction": hyp}, ensure_ascii=False) + "\n")
+        out["predictions"] = str(folder / f"{stem}.predictions.jsonl")
+    return out

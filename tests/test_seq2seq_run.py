@@ -83,3 +83,15 @@ def test_translate_cli(tmp_path, tiny_lm_dir, pairs_file, cli_env):
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert p.returncode == 0, p.stderr
     assert len((tmp_path / "in.translate.jsonl").read_text().splitlines()) == 2
+
+
+def test_evaluate_cli_rebuilds_the_recipe_split(tmp_path, tiny_lm_dir, pairs_file, cli_env):
+    run(_cfg(tmp_path, tiny_lm_dir, pairs_file, name="decoder", **{"train.max_steps": 2}), log=QUIET)
+    model = str(tmp_path / "runs/decoder/model")
+    p = subprocess.run([sys.executable, "-m", "scratchlm.cli", "evaluate", "--model", model, "--beams", "1",
+                        "--json"], env=cli_env, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert p.returncode == 0, p.stderr
+    m = json.loads(p.stdout)
+    assert m["n"] == 20 and "bleu" in m and "chrf" in m and m["direction"] == "en-zh"
+    rows = (tmp_path / "runs/decoder/model/eval").glob("*.predictions.jsonl")
+    assert len(next(rows).read_text().splitlines()) == 20
