@@ -341,7 +341,8 @@ def run(cfg: ClassifyConfig, log=print) -> dict:
                   "max_length": cfg.max_length, "head_fraction": cfg.head_fraction,
                   "clean": to_dict(cfg.data.clean), "recipe": to_dict(cfg),
                   "backbone": {"folder": str(pretrained.folder), "data": pretrained.config.get("data")}}
-    flops = pretrained.model.flops_per_token() if cfg.kind == "decoder" else None
+    # the classifier never runs the lm_head; attention at the mean example length
+    flops = (pretrained.model.flops_per_token(int(mean_len), lm_head=False) if cfg.kind == "decoder" else None)
     trainer = Trainer(cfg.train, task, run_config=run_config, tokenizer=tok, flops_per_token=flops)
     result = trainer.fit()
     if trainer.dist.is_main and cfg.kind == "decoder" and cfg.method == "lora":

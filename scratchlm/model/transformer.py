@@ -220,14 +220,15 @@ class Transformer(nn.Module):
             n -= self.embed.weight.numel()
         return n
 
-    def flops_per_token(self, seq_len: int | None = None) -> float:
+    def flops_per_token(self, seq_len: int | None = None, *, lm_head: bool = True) -> float:
         """Training FLOPs per token (forward + backward): 6N for the matmuls + attention scores.
 
-        N counts the output projection (the tied embedding used as lm_head is a real matmul) but not the
-        embedding lookup; attention adds 12 * n_layer * n_embd * T (PaLM appendix B, as in nanoGPT)."""
+        N counts the output projection (the tied embedding used as lm_head is a real matmul; ``lm_head=False``
+        for heads that never compute it, e.g. a classifier) but not the embedding lookup; attention adds
+        12 * n_layer * n_embd * T (PaLM appendix B, as in nanoGPT)."""
         cfg = self.cfg
         T = seq_len or cfg.block_size
-        n = self.num_params(non_embedding=True) + cfg.vocab_size * cfg.n_embd
+        n = self.num_params(non_embedding=True) + (cfg.vocab_size * cfg.n_embd if lm_head else 0)
         return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_embd * T
 
     # ---- forward -----------------------------------------------------------------------------
