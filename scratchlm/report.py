@@ -1,9 +1,16 @@
 """One comparison page for every model trained on a task: a Markdown file and a self-contained HTML page.
 
 A run folder holds ``report.json`` (written by the training/evaluation code) and, for models trained by
-gradient descent, ``metrics.jsonl``. ``report.json`` keys: task, dataset, name, kind, description,
-parameters, trainable_parameters, train_seconds, latency_ms_per_example, test (the dict returned by
-``scratchlm.tasks.metrics.classification_metrics``) and optionally val, test_split, command.
+gradient descent, ``metrics.jsonl``. Classification ``report.json`` keys: task, dataset, name, kind,
+description, parameters, trainable_parameters, train_seconds, latency_ms_per_example, test (the dict
+returned by ``scratchlm.tasks.metrics.classification_metrics``) and optionally val, test_split, command.
+
+Translation and summarization runs (task ``translate`` / ``summarize``, written by
+``scratchlm.seq2seq``) carry direction, test_examples and test = {"greedy": {...}, "beam": {...}}, each
+mode holding num_beams, sentences_per_s, seconds and ``bleu``/``chrf`` (translate) or ``rouge``
+(summarize) scores; the lead baseline has only "greedy". Their folders also hold ``predictions_test.jsonl``,
+from which the page shows a few examples. The page's task is that of its runs: one page never mixes
+classification, translation and summarization.
 
     runs = collect_runs(["runs/imdb"])          # a run folder, or a folder of run folders
     write_report(runs, "runs/imdb/comparison")  # report.md, report.html, loss_curves.png, confusion_*.png
@@ -29,7 +36,13 @@ from .train.metrics_log import read_metrics
 
 REPORT_FILE = "report.json"
 METRICS_FILE = "metrics.jsonl"
+PREDICTIONS_FILE = "predictions_test.jsonl"
 DASH = "—"
+SEQ2SEQ_TASKS = ("translate", "summarize")
+MODES = ("greedy", "beam")  # decoding modes of a seq2seq run's "test", in column order
+SEQ2SEQ_METRIC = {"translate": "bleu", "summarize": "rouge"}  # the score a seq2seq run must carry
+N_EXAMPLES = 3  # example predictions shown per seq2seq run
+EXAMPLE_CHARS = 200  # each example text is cut to this many characters
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -46,8 +59,14 @@ def _load_run(run_dir: Path) -> dict:
     missing = [k for k in ("name", "test") if k not in report]
     if missing:
         raise ValueError(f"{path} lacks the key(s) {', '.join(missing)}")
-    test = report["test"]
-    if not isinstance(test, dict) or not isinstance(test.get("accuracy"), (int, float)):
+    test, task = report["test"], report.get("task")
+    if task in SEQ2SEQ_TASKS:
+        metric = SEQ2SEQ_METRIC[task]
+        if not isinstance(test, dict) or not any(
+                isinstance(test.get(m), dict) and isinstance(test[m].get(metric), dict) for m in MODES):
+            raise ValueError(f"{path}: 'test' of a {task} run must hold 'greedy' and/or 'beam' scores, "
+                             f"each with a '{metric}' dict")
+    elif not isinstance(test, dict) or not isinstance(test.get("accuracy"), (int, float)):
         raise ValueError(f"{path}: 'test' must be a classification_metrics dict with a numeric 'accuracy'")
     run = dict(report)
     run["name"] = str(run["name"])
@@ -61,8 +80,8 @@ def collect_runs(paths: str | Path | Iterable[str | Path], *, allow_mixed: bool 
 
     Returns the report.json dicts, each with ``run_dir`` added, in the order found (a folder's subfolders
     sorted by name); a run reached twice is kept once. Raises FileNotFoundError when a path does not exist
-    or nothing is found, and ValueError when the runs are on different tasks, datasets or test splits
-    (their numbers are not comparable) unless ``allow_mixed``."""
+    or nothing is found, and ValueError when the runs are on different tasks, datasets, translation
+    directions or test splits (their numbers are not comparable) unless ``allow_mixed``."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     paths = [Path(p) for p in paths]
@@ -96,11 +115,11 @@ def collect_runs(paths: str | Path | Iterable[str | Path], *, allow_mixed: bool 
 
 
 def _check_comparable(runs: list[dict]) -> None:
-    for key in ("task", "dataset", "test_split"):
+    for key in ("task", "dataset", "direction", "test_split"):
         groups: dict[str, list[str]] = {}
         for r in runs:
-            if key == "test_split" and r.get(key) is None:
-                continue  # optional: only a conflict when two runs name different splits
+            if key in ("direction", "test_split") and r.get(key) is None:
+                continue  # optional: only a conflict when two runs name different ones
             groups.setdefault(str(r.get(key)), []).append(f"{r['name']} ({r['run_dir']})")
         if len(groups) > 1:
             detail = "; ".join(f"{key}={value}: {', '.join(names)}" for value, names in groups.items())
@@ -191,6 +210,33 @@ def _h(text) -> str:
     return html.escape(str(text), quote=True)
 
 
+_MD_PUNCT = re.compile(r"([\\`*_\[\]|~])")
+
+
+def _md_text(text) -> str:
+    """Arbitrary text (a source, reference or model output) for a Markdown table cell, shown literally: one
+    line, HTML special characters escaped and the Markdown punctuation that would format it backslash-escaped."""
+    return html.escape(_MD_PUNCT.sub(r"\\\1", " ".join(str(text).split())), quote=False)
+
+
+def _md_code_span(text) -> str:
+    """Inline code (a sacrebleu signature, which holds pipes): a fence longer than any backtick run in it."""
+    text = " ".join(str(text).split())
+    fence = "`"
+    while fence in text:
+        fence += "`"
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _clip(text, limit: int = EXAMPLE_CHARS) -> str:
+    """One line of at most ``limit`` characters; longer text is cut and ends in an ellipsis."""
+    if text is None:
+        return DASH
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 # ---------------------------------------------------------------------------------------------------
 # tables
 # ---------------------------------------------------------------------------------------------------
@@ -264,18 +310,20 @@ def _per_class_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _md_table(header: list[str], rows: list[list[str]], numeric: set[str] | None = None) -> str:
+def _md_table(header: list[str], rows: list[list[str]], numeric: set[str] | None = None, cell=_md) -> str:
+    """``cell`` escapes each body cell (``_md_text`` for arbitrary text such as model outputs)."""
     numeric = numeric or set()
     out = ["| " + " | ".join(_md(h) for h in header) + " |",
            "|" + "|".join("---:" if h in numeric else "---" for h in header) + "|"]
-    out += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
 
 
 def _html_table(header: list[str], rows: list[list[str]], numeric: set[str] | None = None,
-                highlight_first: bool = False) -> str:
+                highlight_first: bool = False, wrap: bool = False) -> str:
+    """``wrap``: long text cells wrap (class "text") instead of staying on one line."""
     numeric = numeric or set()
-    cls = ["num" if h in numeric else "" for h in header]
+    cls = ["num" if h in numeric else ("text" if wrap else "") for h in header]
     out = ["<table>", "<thead><tr>" + "".join(f'<th class="{c}">{_h(h)}</th>' for h, c in zip(header, cls))
            + "</tr></thead>", "<tbody>"]
     for i, row in enumerate(rows):
@@ -394,6 +442,8 @@ table { border-collapse: collapse; margin: .6em 0; font-size: .9em; }
 th, td { border: 1px solid #d0d7de; padding: .3em .6em; text-align: left; white-space: nowrap; }
 th { background: #f6f8fa; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.text { white-space: normal; min-width: 12em; max-width: 30em; vertical-align: top; }
+p code { background: #f6f8fa; padding: .1em .3em; border-radius: 3px; font-size: .85em; word-break: break-all; }
 tr.best td { background: #eaf7ea; font-weight: 600; }
 .meta, .note { color: #57606a; font-size: .9em; }
 .note { background: #fff8c5; border: 1px solid #d4a72c66; padding: .5em .8em; border-radius: 4px; }
@@ -418,15 +468,39 @@ def _common(runs: list[dict], key: str) -> str | None:
     return values.pop() if len(values) == 1 else (", ".join(sorted(values)) if values else None)
 
 
+def _page_task(run: dict) -> str:
+    """"translate" or "summarize" for seq2seq runs; "classify" for everything else (the original page)."""
+    task = run.get("task")
+    return task if task in SEQ2SEQ_TASKS else "classify"
+
+
 def write_report(runs: Sequence[dict], out_dir: str | Path, title: str | None = None) -> dict[str, Path]:
-    """Write ``report.md``, ``report.html``, ``loss_curves.png`` (runs with a metrics.jsonl) and one
-    ``confusion_<name>.png`` per run into ``out_dir``. Returns {"markdown", "html", "loss_curves",
-    "confusion_<name>", ...} -> path (pictures only when matplotlib is installed)."""
+    """Write ``report.md``, ``report.html`` and ``loss_curves.png`` (runs with a metrics.jsonl) into
+    ``out_dir``; for classification runs also one ``confusion_<name>.png`` per run. Returns {"markdown",
+    "html", "loss_curves", "confusion_<name>", ...} -> path (pictures only when matplotlib is installed).
+
+    The page's kind follows its runs' task: classification, translation (BLEU/chrF, greedy and beam) or
+    summarization (ROUGE, greedy and beam). Runs of different kinds cannot share a page (ValueError), even
+    when collected with ``allow_mixed``."""
     if not runs:
         raise ValueError("write_report: no runs to report on")
     for r in runs:
         if not isinstance(r, dict) or "name" not in r or not isinstance(r.get("test"), dict):
             raise ValueError("write_report: every run must be a dict with 'name' and 'test' (see collect_runs)")
+    kinds: dict[str, list[str]] = {}
+    for r in runs:
+        kinds.setdefault(_page_task(r), []).append(str(r["name"]))
+    if len(kinds) > 1:
+        detail = "; ".join(f"{k}: {', '.join(names)}" for k, names in kinds.items())
+        raise ValueError(f"write_report: classification, translation and summarization runs cannot share one page "
+                         f"({detail}); report each task separately")
+    task = next(iter(kinds))
+    if task in SEQ2SEQ_TASKS:
+        return _write_seq2seq(list(runs), Path(out_dir), title, task)
+    return _write_classification(runs, out_dir, title)
+
+
+def _write_classification(runs: Sequence[dict], out_dir: str | Path, title: str | None) -> dict[str, Path]:
     runs = _sorted(runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -565,6 +639,273 @@ def _run_details(r: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------
+# translation and summarization pages
+# ---------------------------------------------------------------------------------------------------
+ROUGE_KEYS = (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L"))
+_RUN_COLUMNS = ["parameters", "trainable", "train time", "sentences/s greedy", "sentences/s beam"]
+TRANSLATE_COLUMNS = ["#", "model", "kind", "BLEU greedy", "BLEU beam", "chrF greedy", "chrF beam", *_RUN_COLUMNS]
+SUMMARIZE_COLUMNS = ["#", "model", "kind", *(f"{label} {m}" for m in MODES for _, label in ROUGE_KEYS),
+                     *_RUN_COLUMNS]
+# (metric, key) pairs a seq2seq page is sorted by, best first: the first decides, the second breaks ties
+SEQ2SEQ_SORT = {"translate": (("bleu", "score"), ("chrf", "score")),
+                "summarize": (("rouge", "rougeL"), ("rouge", "rouge1"))}
+
+
+def fmt_score(x) -> str:
+    """A BLEU / chrF / ROUGE score, already on a 0-100 scale: 23.456 -> '23.46'."""
+    x = _num(x)
+    return DASH if x is None else f"{x:.2f}"
+
+
+def fmt_rate(x) -> str:
+    """Sentences per second, three significant digits: 0.512 -> '0.512', 41.26 -> '41.3', 1234.5 -> '1234'."""
+    return fmt_ms(x)
+
+
+def _mode(run: dict, mode: str) -> dict:
+    m = run["test"].get(mode)
+    return m if isinstance(m, dict) else {}
+
+
+def _score(run: dict, mode: str, metric: str, key: str = "score") -> float | None:
+    d = _mode(run, mode).get(metric)
+    return _num(d.get(key)) if isinstance(d, dict) else None
+
+
+def _headline(run: dict, metric: str, key: str = "score") -> float | None:
+    """The beam-search score, or the greedy one when the run has no beam decode (the lead baseline)."""
+    beam = _score(run, "beam", metric, key)
+    return beam if beam is not None else _score(run, "greedy", metric, key)
+
+
+def _seq2seq_sorted(runs: Sequence[dict], task: str) -> list[dict]:
+    def key(r):
+        values = (_headline(r, metric, k) for metric, k in SEQ2SEQ_SORT[task])
+        return (*(-v if v is not None else math.inf for v in values), r["name"])
+    return sorted(runs, key=key)
+
+
+def _seq2seq_rows(runs: list[dict], task: str) -> list[list[str]]:
+    rows = []
+    for i, r in enumerate(runs, 1):
+        if task == "translate":
+            scores = [fmt_score(_score(r, m, metric)) for metric in ("bleu", "chrf") for m in MODES]
+        else:
+            scores = [fmt_score(_score(r, m, "rouge", k)) for m in MODES for k, _ in ROUGE_KEYS]
+        rows.append([str(i), r["name"], str(r.get("kind", DASH)), *scores, fmt_count(r.get("parameters")),
+                     fmt_count(r.get("trainable_parameters")), fmt_duration(r.get("train_seconds")),
+                     *(fmt_rate(_mode(r, m).get("sentences_per_s")) for m in MODES)])
+    return rows
+
+
+def _scoring_settings(runs: list[dict], task: str) -> list[tuple[str, str, list[str] | None]]:
+    """How the scores were computed, each distinct setting once: (label, value, the runs using it, or None
+    when every run that records one agrees). Translate: the sacrebleu BLEU and chrF signatures; summarize:
+    the ROUGE tokenizer."""
+    specs = ([("BLEU signature", "bleu", "signature"), ("chrF signature", "chrf", "signature")]
+             if task == "translate" else [("ROUGE tokenizer", "rouge", "tokenizer")])
+    out = []
+    for label, metric, key in specs:
+        found: dict[str, list[str]] = {}
+        for r in runs:
+            for m in MODES:
+                d = _mode(r, m).get(metric)
+                if isinstance(d, dict) and d.get(key):
+                    names = found.setdefault(str(d[key]), [])
+                    if r["name"] not in names:
+                        names.append(r["name"])
+        out += [(label, value, names if len(found) > 1 else None) for value, names in found.items()]
+    return out
+
+
+def _examples(run: dict, limit: int = N_EXAMPLES) -> tuple[str, list[list[str]]] | None:
+    """The first ``limit`` rows of the run's predictions_test.jsonl as [source, first reference, prediction],
+    each cut to EXAMPLE_CHARS, and the decoding mode shown (beam when the rows have it, else greedy). None
+    when the run folder has no predictions file; unreadable lines are skipped."""
+    if run.get("run_dir") is None:
+        return None
+    path = Path(run["run_dir"]) / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    rows: list[list[str]] = []
+    shown = ""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if len(rows) >= limit:
+                break
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(row, dict):
+                continue
+            mode = shown or next((m for m in (*reversed(MODES), "prediction") if isinstance(row.get(m), str)), "")
+            shown = shown or mode
+            refs = row.get("references")
+            ref = (refs[0] if refs else None) if isinstance(refs, list) else refs
+            rows.append([_clip(row.get("source")), _clip(ref), _clip(row.get(mode) if mode else None)])
+    return shown or "greedy", rows
+
+
+def _beam_widths(runs: list[dict]) -> list[int]:
+    return sorted({int(n) for r in runs if (n := _num(_mode(r, "beam").get("num_beams"))) is not None})
+
+
+def _mode_summary(d: dict, task: str) -> str:
+    if task == "translate":
+        bleu, chrf = d.get("bleu"), d.get("chrf")
+        return (f"BLEU {fmt_score(bleu.get('score') if isinstance(bleu, dict) else None)}, "
+                f"chrF {fmt_score(chrf.get('score') if isinstance(chrf, dict) else None)}")
+    rouge = d.get("rouge") if isinstance(d.get("rouge"), dict) else {}
+    return "ROUGE-1/2/L " + "/".join(fmt_score(rouge.get(k)) for k, _ in ROUGE_KEYS)
+
+
+def _seq2seq_details(r: dict, task: str) -> list[str]:
+    lines = []
+    if r.get("description"):
+        lines.append(str(r["description"]))
+    head = f"kind: {r.get('kind', DASH)}" + (f" · direction: {r['direction']}" if r.get("direction") else "")
+    lines.append(f"{head} · parameters: {fmt_count(r.get('parameters'))} "
+                 f"({fmt_count(r.get('trainable_parameters'))} trainable) · "
+                 f"training time: {fmt_duration(r.get('train_seconds'))}")
+    if _num(r.get("steps")) is not None:
+        bits = [f"{int(r['steps']):,} steps"]
+        if _num(r.get("best_step")) is not None:
+            bits.append(f"best checkpoint at step {int(r['best_step']):,}")
+        if r.get("stopped_because"):
+            bits.append(f"stopped: {r['stopped_because']}")
+        lines.append("training: " + ", ".join(bits))
+    test = f"test{' (' + str(r['test_split']) + ')' if r.get('test_split') else ''}"
+    n = _num(r.get("test_examples"))
+    for m in MODES:
+        d = _mode(r, m)
+        if not d:
+            continue
+        nb = _num(d.get("num_beams"))
+        beams = DASH if nb is None else f"{int(nb)} beam{'s' * (int(nb) != 1)}"
+        lines.append(f"{test}, {m} ({beams}): {_mode_summary(d, task)} on {DASH if n is None else f'{int(n):,}'} "
+                     f"examples · {fmt_rate(d.get('sentences_per_s'))} sentences/s · "
+                     f"decoding {fmt_duration(d.get('seconds'))}")
+    if r.get("run_dir"):
+        lines.append(f"run folder: {r['run_dir']}")
+    if not r.get("command"):
+        lines.append("command: not recorded")
+    return lines
+
+
+def _write_seq2seq(runs: list[dict], out_dir: Path, title: str | None, task: str) -> dict[str, Path]:
+    runs = _seq2seq_sorted(runs, task)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset, direction, split = _common(runs, "dataset"), _common(runs, "direction"), _common(runs, "test_split")
+    title = title or (f"{dataset or 'dataset'} {task}{' ' + direction if direction else ''}: "
+                      f"{len(runs)} model{'s' * (len(runs) != 1)} compared")
+    written: dict[str, Path] = {}
+
+    have_mpl = _matplotlib_available()
+    loss_png = _plot_loss_curves(runs, out_dir / "loss_curves.png") if have_mpl else None
+    if loss_png is not None:
+        written["loss_curves"] = loss_png
+
+    ns = {r.get("test_examples") for r in runs}
+    notes = []
+    if len(ns) > 1:
+        notes.append("The runs were scored on test sets of different sizes (" +
+                     ", ".join(f"{r['name']}: {r.get('test_examples', DASH)}" for r in runs) + "); compare with care.")
+    if not have_mpl:
+        notes.append("matplotlib is not installed, so this page has no loss curves; pip install matplotlib and "
+                     "rebuild it to get them.")
+    elif loss_png is None:
+        notes.append("No run has a metrics.jsonl with losses (the lead baseline logs none), so there are no "
+                     "loss curves.")
+    meta_bits = [f"task: {task}", f"dataset: {dataset or DASH}"]
+    if direction:
+        meta_bits.append(f"direction: {direction}")
+    if split:
+        meta_bits.append(f"test split: {split}")
+    if len(ns) == 1 and ns != {None}:
+        meta_bits.append(f"test examples: {next(iter(ns))}")
+    meta = " · ".join(meta_bits)
+    widths = _beam_widths(runs)
+    beam = (f"beam search with {widths[0]} beams" if len(widths) == 1
+            else "beam search (widths differ: see each run below)" if widths else "beam search")
+    if task == "translate":
+        columns = TRANSLATE_COLUMNS
+        legend = ("Sorted by test BLEU with beam search (greedy BLEU for a run without a beam decode). BLEU and "
+                  "chrF: corpus-level sacrebleu scores (0–100) against the test references; greedy = 1 beam, "
+                  f"beam = {beam}. sentences/s: decoding throughput over the test set in each mode.")
+    else:
+        columns = SUMMARIZE_COLUMNS
+        legend = ("Sorted by test ROUGE-L with beam search (greedy ROUGE-L for a run without a beam decode, such "
+                  "as the lead baseline). ROUGE-1/2/L: mean F1 × 100 over the test examples; greedy = 1 beam, "
+                  f"beam = {beam}. sentences/s: decoding throughput over the test set in each mode.")
+    numeric = set(columns) - {"model", "kind"}
+    results = _seq2seq_rows(runs, task)
+    settings = _scoring_settings(runs, task)
+    examples = [(r, _examples(r)) for r in runs]
+    ex_title = f"Example predictions (the first {N_EXAMPLES} test examples, cut to {EXAMPLE_CHARS} characters)"
+
+    def no_examples(ex) -> str:
+        return f"No {PREDICTIONS_FILE} in the run folder." if ex is None else f"No readable rows in {PREDICTIONS_FILE}."
+
+    # Markdown
+    md = [f"# {_md(title)}", "", meta, "", legend, ""]
+    md += [f"> **Note:** {_md(n)}" for n in notes]
+    md += ["", "## Results", "", _md_table(columns, results, numeric), ""]
+    for label, value, names in settings:
+        md += [f"{_md(label)}: {_md_code_span(value)}" + (f" ({_md(', '.join(names))})" if names else ""), ""]
+    if loss_png is not None:
+        md += ["## Training curves", "", f"![loss curves]({loss_png.name})", ""]
+    md += [f"## {ex_title}", ""]
+    for r, ex in examples:
+        md += [f"### {_md(r['name'])}", ""]
+        if ex and ex[1]:
+            md += [_md_table(["source", "reference", f"prediction ({ex[0]})"], ex[1], cell=_md_text), ""]
+        else:
+            md += [_md(no_examples(ex)), ""]
+    md += ["## Runs", ""]
+    for r in runs:
+        md += [f"### {_md(r['name'])}", ""]
+        md += [f"- {_md(line)}" for line in _seq2seq_details(r, task)]
+        if r.get("command"):
+            md += ["", _md_code(str(r["command"]))]
+        md.append("")
+    md_path = out_dir / "report.md"
+    md_path.write_text("\n".join(md), encoding="utf-8")
+    written["markdown"] = md_path
+
+    # HTML
+    h = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+         '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{_h(title)}</title>",
+         f"<style>{CSS}</style>", "</head>", "<body>", f"<h1>{_h(title)}</h1>", f'<p class="meta">{_h(meta)}</p>',
+         f'<p class="meta">{_h(legend)}</p>']
+    h += [f'<p class="note"><strong>Note:</strong> {_h(n)}</p>' for n in notes]
+    h += ["<h2>Results</h2>", _html_table(columns, results, numeric, highlight_first=True)]
+    h += [f'<p class="meta">{_h(label)}: <code>{_h(value)}</code>'
+          + (f" ({_h(', '.join(names))})" if names else "") + "</p>" for label, value, names in settings]
+    if loss_png is not None:
+        h += ["<h2>Training curves</h2>", f'<img src="{_data_uri(loss_png)}" alt="loss curves">']
+    h.append(f"<h2>{_h(ex_title)}</h2>")
+    for r, ex in examples:
+        h.append(f"<h3>{_h(r['name'])}</h3>")
+        if ex and ex[1]:
+            h.append(_html_table(["source", "reference", f"prediction ({ex[0]})"], ex[1], wrap=True))
+        else:
+            h.append(f'<p class="meta">{_h(no_examples(ex))}</p>')
+    h.append("<h2>Runs</h2>")
+    for r in runs:
+        h += [f"<h3>{_h(r['name'])}</h3>", "<ul>"]
+        h += [f"<li>{_h(line)}</li>" for line in _seq2seq_details(r, task)]
+        h.append("</ul>")
+        if r.get("command"):
+            h.append(f"<pre><code>{_h(r['command'])}</code></pre>")
+    h += ["</body>", "</html>", ""]
+    html_path = out_dir / "report.html"
+    html_path.write_text("\n".join(h), encoding="utf-8")
+    written["html"] = html_path
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
@@ -573,7 +914,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("paths", nargs="+", help="run folders, or folders whose subfolders are run folders")
     ap.add_argument("-o", "--out", help="output folder (default: <first path>/comparison)")
     ap.add_argument("--title", help="page title")
-    ap.add_argument("--allow-mixed", action="store_true", help="allow runs on different tasks/datasets/splits")
+    ap.add_argument("--allow-mixed", action="store_true",
+                    help="allow runs on different tasks/datasets/directions/splits")
     args = ap.parse_args(argv)
     runs = collect_runs(args.paths, allow_mixed=args.allow_mixed)
     out = Path(args.out) if args.out else Path(args.paths[0]) / "comparison"

@@ -147,3 +147,204 @@ def test_command_line(runs_dir, capsys, monkeypatch):
     assert "<title>IMDb &amp; friends</title>" in page
     assert "3 runs ->" in capsys.readouterr().out
     assert len(collect_runs(runs_dir)) == 3  # the output folder is not mistaken for a run
+
+
+# ---------------------------------------------------------------------------------------------------
+# translation and summarization runs
+# ---------------------------------------------------------------------------------------------------
+BLEU_SIG = "nrefs:1|case:mixed|eff:no|tok:zh|smooth:exp|version:2.4.0"
+CHRF_SIG = "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.4.0"
+
+
+def seq2seq_mode(task: str, score: float | None, beams: int, sps: float, sig: str = BLEU_SIG) -> dict:
+    if task == "translate":
+        scores = {"bleu": {"score": score, "signature": sig, "bp": 1.0, "n": 50},
+                  "chrf": {"score": score + 10, "signature": CHRF_SIG, "n": 50}}
+    else:
+        scores = {"rouge": {"rouge1": score + 10, "rouge2": score - 10, "rougeL": score,
+                            "tokenizer": "rouge-score default + Porter stemmer", "n": 50}}
+    return {**scores, "num_beams": beams, "sentences_per_s": sps, "seconds": 50 / sps}
+
+
+def make_seq2seq_run(root, folder, name, kind, task, greedy, beam, *, direction="en-zh", dataset="tatoeba",
+                     curves=False, predictions=None, sig=BLEU_SIG, **extra):
+    d = root / folder
+    d.mkdir(parents=True)
+    test = {}
+    if greedy is not None:
+        test["greedy"] = seq2seq_mode(task, greedy, 1, 40.0, sig)
+    if beam is not None:
+        test["beam"] = seq2seq_mode(task, beam, 4, 12.5, sig)
+    report = {"task": task, "dataset": dataset, "name": name, "kind": kind, "direction": direction,
+              "description": f"{kind} model", "parameters": 25_000_000, "trainable_parameters": 25_000_000,
+              "train_seconds": 600.0, "test_split": "test", "test_examples": 50,
+              "command": f"scratchlm finetune {task} --name {name}", "test": test, **extra}
+    (d / "report.json").write_text(json.dumps(report, ensure_ascii=False))
+    if curves:
+        rows = [{"kind": "train", "step": s, "loss": 5 - 0.1 * s} for s in range(1, 11)]
+        rows += [{"kind": "eval", "step": s, "val_loss": 4.5 - 0.1 * s, "val_ppl": 50.0} for s in (5, 10)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if predictions is None:
+        modes = [m for m, v in (("greedy", greedy), ("beam", beam)) if v is not None]
+        predictions = [{"source": f"{name} source {i}", "references": [f"{name} ref {i}", "other ref"],
+                        **{m: f"{name} {m} {i}" for m in modes}} for i in range(5)]
+    (d / "predictions_test.jsonl").write_text(
+        "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8")
+    return d
+
+
+def results_order(md: str) -> list[str]:
+    table = md.split("## Results")[1].split("##")[0]
+    return [line.split("|")[2].strip() for line in table.splitlines() if re.match(r"\| \d+ \|", line)]
+
+
+def results_row(md: str, name: str) -> list[str]:
+    table = md.split("## Results")[1].split("##")[0]
+    line = next(line for line in table.splitlines() if re.match(rf"\| \d+ \| {re.escape(name)} \|", line))
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+@pytest.fixture
+def translate_dir(tmp_path):
+    root = tmp_path / "mt"
+    long_source = "word " * 100  # 500 characters
+    tricky = [{"source": "<script>alert(1)</script> a|b *bold* _it_ [x](y)", "references": ["我爱你 & <b>"],
+               "greedy": "g0", "beam": "<i>beam</i> | `code`"},
+              {"source": long_source, "references": ["r1"], "greedy": "g1", "beam": "b1"},
+              "not json",  # a torn line: skipped
+              {"source": "third", "references": ["r3"], "greedy": "g3", "beam": "b3"},
+              {"source": "FOURTH-NOT-SHOWN", "references": ["r4"], "greedy": "g4", "beam": "b4"}]
+    d = make_seq2seq_run(root, "a_decoder", "decoder", "decoder", "translate", 25.0, 19.0, curves=True,
+                         predictions=[{"source": "x", "references": ["y"], "greedy": "z", "beam": "w"}])
+    # the torn line must be written raw, not as JSON
+    (d / "predictions_test.jsonl").write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in tricky),
+        encoding="utf-8")
+    make_seq2seq_run(root, "b_gru", "gru", "gru", "translate", 18.0, 21.0)
+    make_seq2seq_run(root, "c_lstm", "lstm", "lstm", "translate", 20.0, None)  # no beam decode: sorted by greedy
+    return root
+
+
+def test_translation_report(translate_dir, tmp_path):
+    runs = collect_runs(translate_dir)
+    assert len(runs) == 3
+    out = tmp_path / "out"
+    written = write_report(runs, out)
+    assert set(written) == {"markdown", "html", "loss_curves"}
+    assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("confusion_*.png"))
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+
+    assert md.startswith("# tatoeba translate en-zh: 3 models compared")
+    assert "direction: en-zh" in md and "test examples: 50" in md and "beam search with 4 beams" in md
+    header = next(line for line in md.splitlines() if line.startswith("| # |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "#", "model", "kind", "BLEU greedy", "BLEU beam", "chrF greedy", "chrF beam", "parameters", "trainable",
+        "train time", "sentences/s greedy", "sentences/s beam"]
+    # by beam BLEU (gru 21 > decoder 19), the greedy-only lstm ranked by its greedy 20
+    assert results_order(md) == ["gru", "lstm", "decoder"]
+    assert results_row(md, "gru") == ["1", "gru", "gru", "18.00", "21.00", "28.00", "31.00", "25.0M", "25.0M",
+                                      "10m 00s", "40.0", "12.5"]
+    assert results_row(md, "lstm")[3:7] == ["20.00", "—", "30.00", "—"]
+    assert results_row(md, "lstm")[-1] == "—"
+    # signatures once, under the table (before the next section)
+    assert md.count(BLEU_SIG) == 1 and md.count(CHRF_SIG) == 1
+    assert md.index("## Results") < md.index(BLEU_SIG) < md.index("## Training curves")
+    assert f"BLEU signature: `{BLEU_SIG}`" in md
+    assert page.count(BLEU_SIG) == 1 and page.count(CHRF_SIG) == 1
+    assert "![loss curves](loss_curves.png)" in md
+
+    # examples: first 3 readable rows, first reference, beam prediction, escaped and cut
+    ex = md.split("## Example predictions")[1].split("## Runs")[0]
+    dec = ex.split("### decoder")[1]
+    assert "| source | reference | prediction (beam) |" in dec
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; a\\|b \\*bold\\* \\_it\\_ \\[x\\](y)" in dec
+    assert "我爱你 &amp; &lt;b&gt;" in dec and "other ref" not in ex
+    assert "&lt;i&gt;beam&lt;/i&gt; \\| \\`code\\`" in dec and "g0" not in dec
+    assert "third" in dec and "FOURTH-NOT-SHOWN" not in md
+    cut = re.search(r"\| (word[ a-z]*…) \|", dec).group(1)
+    assert len(cut) <= 200
+    assert "gru source 0" in ex and "gru beam 0" in ex and "gru source 3" not in ex
+    assert "lstm greedy 0" in ex and "| prediction (greedy) |" in ex.split("### lstm")[1]
+
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; a|b *bold*" in page
+    assert "&lt;i&gt;beam&lt;/i&gt; | `code`" in page and "FOURTH-NOT-SHOWN" not in page
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 1 and base64.b64decode(images[0])[:4] == b"\x89PNG"
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    runs_md = md.split("## Runs")[1]
+    assert "test (test), beam (4 beams): BLEU 21.00, chrF 31.00 on 50 examples" in runs_md
+    assert "scratchlm finetune translate --name gru" in runs_md
+
+
+@pytest.fixture
+def summarize_dir(tmp_path):
+    root = tmp_path / "sum"
+    make_seq2seq_run(root, "a_lead", "lead-1", "lead", "summarize", 24.0, None, direction="en-en",
+                     dataset="aeslc", parameters=0, trainable_parameters=0, train_seconds=0.0)
+    make_seq2seq_run(root, "b_decoder", "decoder", "decoder", "summarize", 27.0, 30.0, direction="en-en",
+                     dataset="aeslc")
+    make_seq2seq_run(root, "c_lstm", "lstm", "lstm", "summarize", 22.0, 23.0, direction="en-en", dataset="aeslc")
+    return root
+
+
+def test_summarization_report_with_lead_baseline(summarize_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("scratchlm.report._matplotlib_available", lambda: False)  # tables only: quicker
+    out = tmp_path / "out"
+    assert set(write_report(collect_runs(summarize_dir), out)) == {"markdown", "html"}
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| # |"))
+    assert [c.strip() for c in header.strip("|").split("|")][3:9] == [
+        "ROUGE-1 greedy", "ROUGE-2 greedy", "ROUGE-L greedy", "ROUGE-1 beam", "ROUGE-2 beam", "ROUGE-L beam"]
+    assert results_order(md) == ["decoder", "lead-1", "lstm"]  # lead ranked by its greedy ROUGE-L
+    assert results_row(md, "decoder")[3:9] == ["37.00", "17.00", "27.00", "40.00", "20.00", "30.00"]
+    lead = results_row(md, "lead-1")
+    assert lead[3:9] == ["34.00", "14.00", "24.00", "—", "—", "—"] and lead[-2:] == ["40.0", "—"]
+    assert lead[9:12] == ["0", "0", "0.0s"]
+    assert md.count("rouge-score default + Porter stemmer") == 1
+    assert "matplotlib is not installed" in md and "<img" not in page
+    assert "lead-1 greedy 0" in md and "| prediction (greedy) |" in md.split("### lead-1")[1]
+    assert "decoder beam 0" in md and "decoder greedy 0" not in md
+    runs_md = md.split("## Runs")[1].split("### lead-1")[1].split("###")[0]
+    assert "greedy (1 beam): ROUGE-1/2/L 34.00/14.00/24.00" in runs_md and "beam (" not in runs_md
+    assert page.index(">decoder<") < page.index(">lead-1<") < page.index(">lstm<")
+    assert 'class="best"' in page
+
+
+def test_seq2seq_mixing_rules(summarize_dir, translate_dir, runs_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("scratchlm.report._matplotlib_available", lambda: False)
+    make_seq2seq_run(translate_dir, "d_zh_en", "zh-en-decoder", "decoder", "translate", 30.0, 31.0,
+                     direction="zh-en", sig=BLEU_SIG.replace("tok:zh", "tok:13a"))
+    with pytest.raises(ValueError, match=r"different directions.*direction=zh-en: zh-en-decoder"):
+        collect_runs(translate_dir)
+    runs = collect_runs(translate_dir, allow_mixed=True)
+    write_report(runs, tmp_path / "both")
+    md = (tmp_path / "both" / "report.md").read_text()
+    assert "direction: en-zh, zh-en" in md
+    # two BLEU signatures now: each printed once, naming its runs; chrF still agrees
+    assert md.count("BLEU signature:") == 2 and md.count(CHRF_SIG) == 1
+    assert f"BLEU signature: `{BLEU_SIG}` (gru, lstm, decoder)" in md  # the runs in table order
+    assert "tok:13a|smooth:exp|version:2.4.0` (zh-en-decoder)" in md
+
+    with pytest.raises(ValueError, match="different tasks"):
+        collect_runs([translate_dir / "b_gru", summarize_dir])
+    with pytest.raises(ValueError, match="different tasks"):
+        collect_runs([runs_dir, translate_dir / "b_gru"])
+    mixed = collect_runs([translate_dir / "b_gru", summarize_dir, runs_dir], allow_mixed=True)
+    with pytest.raises(ValueError, match="cannot share one page"):
+        write_report(mixed, tmp_path / "nope")
+
+
+def test_seq2seq_run_without_scores_or_predictions(tmp_path, monkeypatch):
+    monkeypatch.setattr("scratchlm.report._matplotlib_available", lambda: False)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "report.json").write_text(json.dumps({"task": "translate", "name": "x", "test": {"beam": {}}}))
+    with pytest.raises(ValueError, match="'greedy' and/or 'beam'.*'bleu'"):
+        collect_runs(bad)
+    d = make_seq2seq_run(tmp_path / "runs", "a", "only-beam", "decoder", "translate", None, 12.0)
+    (d / "predictions_test.jsonl").unlink()
+    write_report(collect_runs(d), tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "No predictions_test.jsonl in the run folder." in md
+    assert results_row(md, "only-beam")[3:5] == ["—", "12.00"]
