@@ -234,7 +234,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, prepared
 
 def test_cli_unknown_field_exits_2_naming_it():
     proc = subprocess.run([sys.executable, "-m", "scratchlm.cli", "pretrain", "--train.lrr", "1"],
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 2
     assert "train.lrr" in proc.stderr and "valid fields" in proc.stderr
     assert "Traceback" not in proc.stderr
