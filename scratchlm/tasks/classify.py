@@ -71,6 +71,23 @@ def collate(rows: Sequence[np.ndarray], pad_id: int, pad_multiple: int = 1) -> t
     return torch.from_numpy(idx), torch.from_numpy(mask)
 
 
+def length_grouped_order(lengths: np.ndarray, gb: int, seed: int, epoch: int) -> np.ndarray:
+    """One epoch's row order in whole batches of ``gb`` rows: a seeded shuffle, sorted by length within
+    pools of POOL_BATCHES batches, batches in a seeded random order (the remainder that does not fill a
+    batch is left out; fewer rows than a batch are repeated)."""
+    rng = np.random.Generator(np.random.PCG64([seed, epoch]))
+    perm = rng.permutation(len(lengths))
+    n = max(1, len(lengths) // gb) * gb
+    if len(perm) < gb:
+        perm = np.resize(perm, gb)
+    batches = []
+    for lo in range(0, n, gb * POOL_BATCHES):
+        chunk = perm[lo:min(lo + gb * POOL_BATCHES, n)]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + gb] for i in range(0, len(chunk), gb)]
+    return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
+
+
 class WeightedClassificationLoss(nn.Module):
     """forward(batch) -> (summed, optionally class-weighted cross-entropy, number of rows).
 
@@ -133,22 +150,9 @@ class ClassifyTask:
 
     def _epoch_order(self, epoch: int, gb: int) -> np.ndarray:
         """Row order of one epoch: whole global batches of similar lengths, in a seeded random order."""
-        if self._plan is not None and self._plan[:2] == (epoch, gb):
-            return self._plan[2]
-        rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
-        perm = rng.permutation(len(self.train_rows))
-        n_batches = self.steps_per_epoch(gb)
-        if len(perm) < gb:  # fewer rows than a batch: repeat them
-            perm = np.resize(perm, gb)
-        batches = []
-        pool = gb * POOL_BATCHES
-        for lo in range(0, n_batches * gb, pool):
-            chunk = perm[lo:min(lo + pool, n_batches * gb)]
-            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            batches += [chunk[i:i + gb] for i in range(0, len(chunk), gb)]
-        order = np.concatenate([batches[i] for i in rng.permutation(len(batches))])
-        self._plan = (epoch, gb, order)
-        return order
+        if self._plan is None or self._plan[:2] != (epoch, gb):
+            self._plan = (epoch, gb, length_grouped_order(self.lengths, gb, self.seed, epoch))
+        return self._plan[2]
 
     def micro_batches(self, step, n_micro, micro_batch_size, rank, world_size):
         gb = n_micro * micro_batch_size * world_size

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .classify import truncate_head_tail
+from .classify import length_grouped_order, truncate_head_tail
 
 TASK_TOKENS = {"translate": "<|translate|>", "summarize": "<|summarize|>"}
 LANG_TOKENS = {"en": "<|en|>", "zh": "<|zh|>"}
@@ -259,19 +259,9 @@ class Seq2SeqRNNTask:
         return max(1, len(self.train) // gb)
 
     def _epoch_order(self, epoch: int, gb: int) -> np.ndarray:
-        if self._plan is not None and self._plan[:2] == (epoch, gb):
-            return self._plan[2]
-        rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
-        perm = np.resize(rng.permutation(len(self.train)), max(gb, len(self.train)))
-        n = self.steps_per_epoch(gb) * gb
-        batches = []
-        for lo in range(0, n, gb * 64):  # sort within pools of 64 batches: little padding, still shuffled
-            chunk = perm[lo:min(lo + gb * 64, n)]
-            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            batches += [chunk[i:i + gb] for i in range(0, len(chunk), gb)]
-        order = np.concatenate([batches[i] for i in rng.permutation(len(batches))])
-        self._plan = (epoch, gb, order)
-        return order
+        if self._plan is None or self._plan[:2] != (epoch, gb):
+            self._plan = (epoch, gb, length_grouped_order(self.lengths, gb, self.seed, epoch))
+        return self._plan[2]
 
     def micro_batches(self, step, n_micro, micro_batch_size, rank, world_size):
         gb = n_micro * micro_batch_size * world_size
