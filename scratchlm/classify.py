@@ -305,7 +305,8 @@ def run(cfg: ClassifyConfig, log=print) -> dict:
         return run_classical(cfg, log)
     out = cfg.out_dir
     cfg.train.out_dir = str(out)
-    ensure_pretrained(cfg.init, cfg.pretrain, cfg.pretrain_overrides, cfg.data.data_dir, log)
+    ensure_pretrained(cfg.init, cfg.pretrain, cfg.pretrain_overrides, cfg.data.data_dir, log,
+                      progress=cfg.train.progress)
     pretrained = load_model(cfg.init)
     assert_not_pretrained_on(pretrained.config, cfg.data.dataset, cfg.data.test_split)
     tok = pretrained.tokenizer

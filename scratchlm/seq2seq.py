@@ -284,7 +284,8 @@ def run(cfg: Seq2SeqConfig, log=print) -> dict:
         return _test_and_report(cfg, out, data, lambda srcs, _b: [lead(s, cfg.lead_sentences) for s in srcs],
                                 info, log)
     cfg.train.out_dir = str(out)
-    ensure_pretrained(cfg.init, cfg.pretrain, cfg.pretrain_overrides, cfg.data.data_dir, log)
+    ensure_pretrained(cfg.init, cfg.pretrain, cfg.pretrain_overrides, cfg.data.data_dir, log,
+                      progress=cfg.train.progress)
     pretrained = load_model(cfg.init)
     tok = pretrained.tokenizer
     if cfg.kind in ("gru", "lstm"):

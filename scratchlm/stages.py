@@ -13,9 +13,10 @@ from .config import ConfigError
 
 
 def ensure_pretrained(init: str | None, pretrain: str | None, overrides: list[str] | None = None,
-                      data_dir: str | None = None, log=print) -> None:
+                      data_dir: str | None = None, log=print, *, progress: bool = True) -> None:
     """Run the pretraining recipe ``pretrain`` when the model folder ``init`` does not exist yet (it resumes
-    exactly if a previous attempt was interrupted)."""
+    exactly if a previous attempt was interrupted). ``progress=False`` (the fine-tuning stage's
+    ``train.progress``) turns the nested stage's progress bar off too."""
     if init and (Path(init) / "config.json").exists():
         return
     if not pretrain:
@@ -28,6 +29,7 @@ def ensure_pretrained(init: str | None, pretrain: str | None, overrides: list[st
     if data_dir:
         pcfg.data.data_dir = data_dir
     pcfg.train.resume = True
+    pcfg.train.progress = pcfg.train.progress and progress
     target = Path(pcfg.train.out_dir) / "model"
     if init is None or Path(init).resolve() != target.resolve():
         raise ConfigError(f"init: {init} is not what pretraining recipe {pretrain!r} makes ({target})")
