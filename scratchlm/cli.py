@@ -435,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", help="run name (default: the kind)")
     sp.add_argument("--resume", action="store_true")
 
+    from .distill import add_distill_parser
+
+    add_distill_parser(sub)
+
     sp = sub.add_parser("classify", help="label texts with a trained classifier")
     sp.add_argument("--model", required=True)
     sp.add_argument("text", nargs="*")
@@ -484,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.verb not in ("prepare", "pretrain", "quickstart", "finetune", "baseline"):
+    if extra and args.verb not in ("prepare", "pretrain", "quickstart", "finetune", "baseline", "distill"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args, extra)
