@@ -250,7 +250,12 @@ def load_classifier(path: str | Path, device: str = "cpu") -> LoadedClassifier:
         check_tokenizer(config, tokenizer, folder, model.cfg.vocab_size)
     else:
         raise ckpt.CheckpointError(f"{folder}/config.json: unknown classifier kind {kind!r}")
-    ckpt.load_model_weights(model, ckpt.load_tensors(folder), str(folder / "model.safetensors"))
+    if config.get("quantization"):  # an int8 folder made by `scratchlm quantize`
+        from .quantize import apply_int8
+
+        apply_int8(model, ckpt.load_tensors(folder), config["quantization"], folder)
+    else:
+        ckpt.load_model_weights(model, ckpt.load_tensors(folder), str(folder / "model.safetensors"))
     model.to(device).eval()
     return LoadedClassifier(model, tokenizer, config, folder)
 

@@ -439,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_distill_parser(sub)
 
+    from .export.cli import add_export_parser, add_quantize_parser
+
+    add_quantize_parser(sub)
+    add_export_parser(sub)
+
     sp = sub.add_parser("classify", help="label texts with a trained classifier")
     sp.add_argument("--model", required=True)
     sp.add_argument("text", nargs="*")
@@ -473,6 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("models", help="list model presets with parameter counts and FLOPs/token")
     sp.add_argument("--vocab-size", type=int, default=8192)
     sp.set_defaults(fn=cmd_models)
+
+    from .serve import add_serve_parser
+
+    add_serve_parser(sub)
 
     sp = sub.add_parser("quickstart", help="the whole pipeline on real data in a few minutes")
     sp.add_argument("--out", default="runs/quickstart")

@@ -52,6 +52,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, verify: 
     tokenizer = Tokenizer.load(folder)
     check_tokenizer(config, tokenizer, folder, mcfg.vocab_size)
     model = Transformer(mcfg)
-    ckpt.load_model_weights(model, ckpt.load_tensors(folder), str(folder / "model.safetensors"))
+    if config.get("quantization"):  # an int8 folder made by `scratchlm quantize`
+        from ..quantize import apply_int8
+
+        apply_int8(model, ckpt.load_tensors(folder), config["quantization"], folder)
+    else:
+        ckpt.load_model_weights(model, ckpt.load_tensors(folder), str(folder / "model.safetensors"))
     model.to(device).eval()
     return LoadedModel(model, tokenizer, config, folder)

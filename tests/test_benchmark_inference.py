@@ -1,0 +1,51 @@
+"""benchmarks/inference.py: one table for a model in its forms (tiny model, few tokens; timings not checked)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from conftest import REPO
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_inference", REPO / "benchmarks" / "inference.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(tiny_lm_dir, tmp_path, forms, capsys):
+    out = tmp_path / "r.json"
+    code = _bench().main(["--model", str(tiny_lm_dir), "--forms", forms, "--work", str(tmp_path / "w"),
+                          "--threads", "1", "--prompt-tokens", "8", "--new-tokens", "4", "--repeat", "1",
+                          "--json", str(out)])
+    assert code == 0
+    return capsys.readouterr().out, json.loads(out.read_text())["rows"]
+
+
+def test_table_for_ours_fp32_and_int8(tiny_lm_dir, tmp_path, capsys):
+    pytest.importorskip("torchao", reason="torchao is not installed")
+    text, rows = _run(tiny_lm_dir, tmp_path, "ours-fp32,ours-int8", capsys)
+    assert "| ours-fp32 |" in text and "| ours-int8 |" in text
+    fp32, int8 = rows
+    for r in rows:
+        assert r["lm"]["prefill_tok_s"] > 0 and r["lm"]["decode_b1_tok_s"] > 0 and r["lm"]["decode_b8_tok_s"] > 0
+        assert r["lm"]["peak_rss_mb"] > 0
+    assert fp32["file_mb"] > 2.5 * int8["file_mb"]
+    assert "int8 file:" in text and "x smaller than fp32" in text
+
+
+@pytest.mark.slow
+def test_table_for_every_form(tiny_lm_dir, tmp_path, capsys):
+    for pkg in ("torchao", "transformers", "onnxruntime", "onnxscript", "gguf", "llama_cpp"):
+        pytest.importorskip(pkg)
+    text, rows = _run(tiny_lm_dir, tmp_path, "ours-fp32,ours-bf16,ours-int8,hf,onnx-fp32,onnx-int8,llama.cpp", capsys)
+    by = {r["form"]: r for r in rows}
+    assert all("error" not in r["lm"] and "skipped" not in r["lm"] for r in rows), rows
+    assert by["llama.cpp"]["lm"]["decode_b8_tok_s"] is None  # one sequence per llama-cpp-python context
+    ref = by["ours-fp32"]["lm"]["greedy_tokens"]
+    for form in ("hf", "onnx-fp32", "llama.cpp"):
+        assert by[form]["lm"]["greedy_tokens"] == ref, form
+    assert "/ HF transformers generate" in text
