@@ -69,6 +69,26 @@ def test_packed_examples_compute_what_they_compute_alone():
     assert float(packed) == pytest.approx(float(alone), rel=1e-5)
 
 
+def test_head_only_at_targets_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = Transformer(tiny_model_config(64, block_size=48))
+    exs = _examples(6)
+    rows = pack(np.array([len(e) - 1 for e in exs]), np.arange(6), block_size=48)
+    batch = packed_batch(exs, rows, 48, pad_id=0)
+    kw = {"position_ids": batch["position_ids"], "mask": batch["mask"]}
+    assert (batch["targets"] == -100).float().mean() > 0.3  # sources and padding: most positions skip the head
+    losses, grads = [], []
+    for only in (False, True):
+        model.zero_grad()
+        loss = model.loss(batch["idx"], batch["targets"], reduction="sum", only_targets=only, **kw)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads[0], grads[1]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
 def test_task_batches_are_deterministic_and_split_invariant():
     model = Transformer(tiny_model_config(64, block_size=48))
     exs = _examples(40)

@@ -268,11 +268,22 @@ class Transformer(nn.Module):
     def logits(self, idx: torch.Tensor, **kw) -> torch.Tensor:
         return self.lm_head(self(idx, **kw))
 
-    def loss(self, idx: torch.Tensor, targets: torch.Tensor, *, reduction: str = "mean", **kw) -> torch.Tensor:
-        """Next-token cross-entropy; targets == -100 are ignored (loss masking)."""
-        logits = self.logits(idx, **kw)
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=-100, reduction=reduction)
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor, *, reduction: str = "mean",
+             only_targets: bool = False, **kw) -> torch.Tensor:
+        """Next-token cross-entropy; targets == -100 are ignored (loss masking).
+
+        ``only_targets``: run the output head only at positions that have a target. With loss masking (a
+        seq2seq source, padding) that skips the vocabulary projection, the largest matmul of a small model
+        with a large vocabulary, wherever it would be thrown away. Same loss, same gradients.
+        """
+        if not only_targets:
+            logits = self.logits(idx, **kw)
+            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-100, reduction=reduction)
+        h = self(idx, **kw)
+        keep = targets.reshape(-1) != -100
+        logits = self.lm_head(h.reshape(-1, h.size(-1))[keep])
+        return F.cross_entropy(logits.float(), targets.reshape(-1)[keep], reduction=reduction)
 
 
 def with_fields(cfg: ModelConfig, **kw) -> ModelConfig:

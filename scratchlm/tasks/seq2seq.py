@@ -154,7 +154,7 @@ class Seq2SeqLoss(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         targets = batch["targets"]
         kw = {k: batch[k] for k in ("position_ids", "mask") if k in batch}
-        loss = self.model.loss(batch["idx"], targets, reduction="sum", **kw)
+        loss = self.model.loss(batch["idx"], targets, reduction="sum", only_targets=True, **kw)
         return loss, (targets != -100).sum()
 
 
