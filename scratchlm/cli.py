@@ -132,7 +132,7 @@ def cmd_evaluate(args, extra) -> int:
                            progress=not args.json)
         print(json.dumps(m, indent=2, ensure_ascii=False) if args.json else
               f"{m['data']} ({m['n']:,} examples, {m['direction']}, beam {m['num_beams']}): "
-              f"{headline(_model_task(args.model), m)}; {m['sentences_per_s']:.1f} sentences/s\n"
+              f"{headline(_model_task(args.model), m)}; {m['sentences_per_s']:.3g} sentences/s\n"
               + "\n".join(v["signature"] for v in m.values() if isinstance(v, dict) and "signature" in v)
               + f"\npredictions: {m.get('predictions')}")
         return 0

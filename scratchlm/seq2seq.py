@@ -260,7 +260,7 @@ def _test_and_report(cfg: Seq2SeqConfig, out: Path, data: ParallelData, predict,
                                 "sentences_per_s": len(test) / seconds, "seconds": round(seconds, 1)}
         log(f"{cfg.name} {mode} ({beams} beam{'s' if beams > 1 else ''}): "
             f"{headline(cfg.task, report['test'][mode])} on {len(test):,} {test.name} examples, "
-            f"{len(test) / seconds:.1f} sentences/s")
+            f"{len(test) / seconds:.3g} sentences/s")
         if cfg.kind == "lead":
             break
     with open(out / "predictions_test.jsonl", "w", encoding="utf-8") as f:
