@@ -71,7 +71,7 @@ def sentiment(init: str, out: Path, minutes: float, examples: int, data_dir: str
               "train.early_stopping_patience=0"]
     quiet = lambda *a, **k: None  # noqa: E731
     reports = []
-    for kind, over in (("decoder", ["train.lr=1e-3", "train.warmup_steps=10"]),
+    for kind, over in (("decoder", ["train.lr=1e-3", "train.warmup_steps=10", "pooling=mean"]),
                        ("bow", []),
                        ("gru", ["train.lr=3e-3", "train.warmup_steps=10", "rnn.hidden_size=128"])):
         cfg = build_config(None, [*common, f"kind={kind}", f"name={kind}", *over])
