@@ -78,6 +78,7 @@ class Seq2SeqConfig:
     max_target_tokens: int = 64  # longer targets are cut (and counted)
     source_head_fraction: float = 1.0  # a source too long for the context keeps its beginning (1.0) or head+tail
     packing: bool = True
+    pack_length: int | None = None  # packed row length (None: the model's block_size); 128 suits short pairs
     epochs: float | None = None  # sets train.max_steps; None: train.max_steps / max_time_s
     lead_sentences: int = 1  # the lead baseline (summarize): the first N sentences of the source
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -300,7 +301,7 @@ def run(cfg: Seq2SeqConfig, log=print) -> dict:
     val, _ = _examples(tok, data.val, prefix, cfg, block)
     log(f"tokens: train {train_rep}")
     task = Seq2SeqTask(model, train, val, block_size=block, pad_id=tok.pad_id, seed=cfg.train.seed,
-                       packing=cfg.packing)
+                       packing=cfg.packing, pack_length=cfg.pack_length)
     gb = cfg.train.global_batch_size or cfg.train.micro_batch_size
     if cfg.epochs is not None:
         cfg.train.max_steps = max(1, math.ceil(cfg.epochs * task.rows_per_epoch() / gb))

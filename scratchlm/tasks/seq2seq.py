@@ -101,19 +101,27 @@ def example_arrays(ex: Example) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pack(lengths: np.ndarray, order: np.ndarray, block_size: int) -> list[list[int]]:
-    """First-fit packing of examples (in ``order``) into rows of at most ``block_size`` input tokens."""
+    """First-fit packing of examples (in ``order``) into rows of at most ``block_size`` input tokens (an
+    example longer than that gets a row of its own). Rows with less room than the shortest example are
+    closed, so the scan stays short."""
     rows: list[list[int]] = []
-    room: list[int] = []
+    open_rows: list[int] = []  # indices into rows, in creation order
+    room: list[int] = []  # free tokens of each open row
+    shortest = int(lengths[order].min()) if len(order) else 0
     for i in order:
         n = int(lengths[i])
-        for r, free in enumerate(room):
+        for k, free in enumerate(room):
             if n <= free:
-                rows[r].append(int(i))
-                room[r] -= n
+                rows[open_rows[k]].append(int(i))
+                room[k] -= n
+                if room[k] < shortest:
+                    del open_rows[k], room[k]
                 break
         else:
             rows.append([int(i)])
-            room.append(block_size - n)
+            if block_size - n >= shortest:
+                open_rows.append(len(rows) - 1)
+                room.append(block_size - n)
     return rows
 
 
@@ -162,12 +170,16 @@ class Seq2SeqTask:
     """Packed (or one-per-row) examples for the shared Trainer; validation loss per target token."""
 
     def __init__(self, model: nn.Module, train: list[Example], val: list[Example], *, block_size: int,
-                 pad_id: int, seed: int = 1337, packing: bool = True, eval_batch_size: int = 16) -> None:
+                 pad_id: int, seed: int = 1337, packing: bool = True, eval_batch_size: int = 16,
+                 pack_length: int | None = None) -> None:
         if not train:
             raise ValueError("no training examples")
         self.model = model
         self.train, self.val = train, val
         self.block_size = block_size
+        # Rows of pack_length tokens (<= block_size): short pairs waste less attention on short rows; an
+        # example longer than a row gets a row of its own.
+        self.pack_length = min(pack_length or block_size, block_size)
         self.pad_id = pad_id
         self.seed = seed
         self.packing = packing
@@ -185,7 +197,7 @@ class Seq2SeqTask:
         if epoch not in self._epochs:
             order = np.random.Generator(np.random.PCG64([self.seed, epoch])).permutation(len(self.train))
             if self.packing:
-                rows = pack(self.lengths, order, self.block_size)
+                rows = pack(self.lengths, order, self.pack_length)
                 rng = np.random.Generator(np.random.PCG64([self.seed, epoch, 1]))
                 rows = [rows[i] for i in rng.permutation(len(rows))]
             else:
