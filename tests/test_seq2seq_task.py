@@ -44,6 +44,46 @@ def test_packing_first_fit_and_budget():
     assert len(rows) == 4  # 32 tokens in rows of 10: first fit needs 4
 
 
+def _first_fit_reference(lengths, order, block_size):
+    rows, room = [], []
+    for i in order:
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(int(i))
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([int(i)])
+            room.append(block_size - lengths[i])
+    return rows
+
+
+@pytest.mark.parametrize("block_size", [16, 40, 128])
+def test_packing_closes_full_rows_without_changing_first_fit(block_size):
+    """Closing rows that no example can fill any more is a speed-up only: the rows are first fit's."""
+    rng = np.random.default_rng(block_size)
+    lengths = rng.integers(3, 30, size=500)
+    order = rng.permutation(500)
+    assert pack(lengths, order, block_size) == _first_fit_reference(lengths, order, block_size)
+
+
+def test_example_longer_than_a_row_gets_its_own_row():
+    rows = pack(np.array([4, 12, 3]), np.arange(3), block_size=8)
+    assert [1] in rows and sorted(i for r in rows for i in r) == [0, 1, 2]
+
+
+def test_pack_length_sets_the_row_length():
+    model = Transformer(tiny_model_config(64, block_size=48))
+    exs = _examples(40)
+    task = Seq2SeqTask(model, exs, exs[:4], block_size=48, pad_id=0, seed=5, pack_length=16)
+    lengths = [len(e) - 1 for e in exs]
+    rows = task.epoch_rows(0)
+    assert all(sum(lengths[i] for i in r) <= 16 or len(r) == 1 for r in rows)
+    assert sorted(i for r in rows for i in r) == list(range(40))
+    batch = task.micro_batches(0, 1, 4, 0, 1)[0]
+    assert batch["idx"].shape[1] <= max(16, max(lengths))
+
+
 def test_packed_examples_compute_what_they_compute_alone():
     torch.manual_seed(0)
     model = Transformer(tiny_model_config(64, block_size=48)).eval()
