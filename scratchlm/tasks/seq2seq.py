@@ -188,6 +188,7 @@ class Seq2SeqTask:
         if int(self.lengths.max()) > block_size:
             raise ValueError(f"an example has {int(self.lengths.max())} tokens, more than block_size {block_size}")
         self._epochs: dict[int, list[list[int]]] = {}
+        self._sizes: dict[int, int] = {}  # rows in each epoch: packing a different order gives a different count
 
     def loss_module(self) -> nn.Module:
         return Seq2SeqLoss(self.model)
@@ -202,18 +203,33 @@ class Seq2SeqTask:
                 rows = [rows[i] for i in rng.permutation(len(rows))]
             else:
                 rows = [[int(i)] for i in order]
-            self._epochs = {epoch: rows}  # keep one epoch in memory
+            self._epochs = {e: r for e, r in self._epochs.items() if e >= epoch - 1}  # a step spans <= 2 epochs
+            self._epochs[epoch] = rows
+            self._sizes[epoch] = len(rows)
         return self._epochs[epoch]
 
+    def epoch_size(self, epoch: int) -> int:
+        if epoch not in self._sizes:
+            self.epoch_rows(epoch)
+        return self._sizes[epoch]
+
     def rows_per_epoch(self) -> int:
-        return len(self.epoch_rows(0))
+        """Rows in the first epoch (later ones differ by a few rows when packing)."""
+        return self.epoch_size(0)
+
+    def locate(self, j: int) -> tuple[int, int]:
+        """(epoch, row) of the j-th row of the run: epochs follow one another, each as long as its packing."""
+        epoch = 0
+        while j >= self.epoch_size(epoch):
+            j -= self.epoch_size(epoch)
+            epoch += 1
+        return epoch, j
 
     def micro_batches(self, step, n_micro, micro_batch_size, rank, world_size):
         gb = n_micro * micro_batch_size * world_size
-        per_epoch = self.rows_per_epoch()
         picks = []
         for j in range(step * gb, (step + 1) * gb):
-            epoch, pos = divmod(j, per_epoch)
+            epoch, pos = self.locate(j)
             picks.append(self.epoch_rows(epoch)[pos])
         out = []
         for m in range(n_micro):
