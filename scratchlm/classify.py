@@ -154,10 +154,7 @@ def build_classifier(cfg: ClassifyConfig, tokenizer: Tokenizer, num_labels: int,
         if cfg.init_weights == "random":
             backbone = Transformer(backbone.cfg)  # same architecture, fresh weights
         if cfg.dropout is not None:
-            backbone.cfg.dropout = cfg.dropout
-            for m in backbone.modules():
-                if isinstance(m, torch.nn.Dropout) and m is not getattr(backbone, "attn_dropout", None):
-                    m.p = cfg.dropout
+            backbone.set_dropout(cfg.dropout)
         model = SequenceClassifier(backbone, num_labels, pooling=cfg.pooling, dropout=cfg.head_dropout,
                                    pad_id=tokenizer.pad_id, label_names=label_names)
         if cfg.freeze_layers:

@@ -77,6 +77,7 @@ class Seq2SeqConfig:
     data: Seq2SeqDataConfig = field(default_factory=Seq2SeqDataConfig)
     max_target_tokens: int = 64  # longer targets are cut (and counted)
     source_head_fraction: float = 1.0  # a source too long for the context keeps its beginning (1.0) or head+tail
+    dropout: float | None = None  # the decoder's residual dropout while fine-tuning; None: as pretrained
     packing: bool = True
     pack_length: int | None = None  # packed row length (None: the model's block_size); 128 suits short pairs
     epochs: float | None = None  # sets train.max_steps; None: train.max_steps / max_time_s
@@ -295,6 +296,8 @@ def run(cfg: Seq2SeqConfig, log=print) -> dict:
     if cfg.init_weights == "random":
         torch.manual_seed(cfg.train.seed)
         model = Transformer(model.cfg)
+    if cfg.dropout is not None:
+        model.set_dropout(cfg.dropout)
     block = model.cfg.block_size
     prefix = prompt_prefix(tok, cfg.task, data.src_lang, data.tgt_lang)
     train, train_rep = _examples(tok, data.train, prefix, cfg, block)

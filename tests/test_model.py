@@ -123,3 +123,16 @@ def test_loss_ignores_masked_targets():
         per_token = torch.nn.functional.cross_entropy(model.logits(idx)[0], targets[0], reduction="none")
         assert model.loss(idx, masked, reduction="sum").item() == pytest.approx(per_token[5:].sum().item(),
                                                                                  rel=1e-5)
+
+
+def test_set_dropout_changes_every_dropout_and_the_config():
+    torch.manual_seed(0)
+    model = model_of()
+    model.set_dropout(0.3)
+    ps = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert ps and all(p == 0.3 for p in ps) and model.cfg.dropout == 0.3
+    x = torch.randint(0, model.cfg.vocab_size, (2, 8))
+    model.train()
+    assert not torch.equal(model.logits(x), model.logits(x))  # active in training
+    model.eval()
+    torch.testing.assert_close(model.logits(x), model.logits(x))

@@ -214,6 +214,14 @@ class Transformer(nn.Module):
                 nn.init.zeros_(module.bias)
 
     # ---- bookkeeping -------------------------------------------------------------------------
+    def set_dropout(self, p: float) -> None:
+        """Residual/embedding dropout for fine-tuning (attention dropout untouched); recorded in cfg, so a
+        saved model says what it was trained with."""
+        self.cfg.dropout = p
+        for m in self.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
+
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
