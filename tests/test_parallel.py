@@ -79,6 +79,26 @@ def test_tatoeba_no_test_side_in_train_or_val(tatoeba):
 
 
 @requires_tatoeba
+def test_tatoeba_as_pretraining_text_holds_no_test_sentence(tatoeba):
+    """Pretraining on a paired dataset reads its training pairs through the recipes' split: the raw
+    train.parquet would hand the carved test sentences to the language model."""
+    from scratchlm.data.prepare import CorpusConfig, DataConfig, _split_docs
+
+    cfg = DataConfig(corpora=[CorpusConfig("tatoeba_cmn_eng")])
+    train, val = _split_docs(cfg, cfg.corpora[0])
+    assert train == tatoeba.train.sources + tatoeba.train.targets
+    assert val == tatoeba.val.sources + tatoeba.val.targets
+    test_en, test_zh = _keys(tatoeba.test)
+    assert not {text_key(t) for t in train + val} & (test_en | test_zh)
+    zh_only, _ = _split_docs(cfg, CorpusConfig("tatoeba_cmn_eng", column="zh"))
+    assert zh_only == tatoeba.train.targets
+    with pytest.raises(LeakageError, match="training pairs only"):
+        _split_docs(cfg, CorpusConfig("tatoeba_cmn_eng", split="validation"))
+    with pytest.raises(ValueError, match="column must be"):
+        _split_docs(cfg, CorpusConfig("tatoeba_cmn_eng", column="fr"))
+
+
+@requires_tatoeba
 def test_tatoeba_deterministic_and_seeded(tatoeba):
     again = load_parallel(Seq2SeqDataConfig("tatoeba_cmn_eng", src_lang="zh", tgt_lang="en"))
     # the same split, the other direction

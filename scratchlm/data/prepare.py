@@ -94,11 +94,41 @@ def _fingerprint(cfg: DataConfig) -> str:
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _parallel_docs(cfg: DataConfig, corpus: CorpusConfig) -> tuple[list[str], list[str]]:
+    """The monolingual sides of a paired (seq2seq) dataset as documents, one sentence / e-mail each.
+
+    The pairs come from :func:`~scratchlm.data.parallel.load_parallel` with the task recipes' default split
+    (seeded 2,000 test / 1,000 validation pairs carved from Tatoeba's single file, the leakage guard
+    applied), so no side of a test pair -- nor anything the guard removes -- reaches pretraining.
+    ``column`` picks one side (``source``/``target`` or a language column such as ``en``); default both."""
+    from .parallel import Seq2SeqDataConfig, load_parallel
+
+    if corpus.split != "train":
+        raise LeakageError(f"corpus '{corpus.source}': a paired dataset is pretrained on its training pairs "
+                           f"only (asked for split '{corpus.split}')")
+    spec = DATASETS[corpus.source]
+    sides = {"source": (True, False), "target": (False, True), None: (True, True),
+             spec.text_column: (True, False), spec.target_column: (False, True)}
+    if corpus.column not in sides:
+        raise ValueError(f"corpus '{corpus.source}': column must be source, target, {spec.text_column} or "
+                         f"{spec.target_column}, got {corpus.column!r}")
+    src, tgt = sides[corpus.column]
+    pdata = load_parallel(Seq2SeqDataConfig(dataset=corpus.source, data_dir=cfg.data_dir))
+
+    def docs(split) -> list[str]:
+        return [*(split.sources if src else []), *(split.targets if tgt else [])]
+
+    return docs(pdata.train), docs(pdata.val)
+
+
 def _split_docs(cfg: DataConfig, corpus: CorpusConfig) -> tuple[list[str], list[str]]:
     """Training and validation documents of one corpus, never overlapping."""
+    spec = DATASETS.get(corpus.source)
+    if spec is not None and spec.is_seq2seq:
+        train, val = _parallel_docs(cfg, corpus)
+        return _cap(train, corpus), val
     train = load_texts(corpus.source, corpus.split, corpus.column, data_dir=cfg.data_dir, dropna=True)
     val: list[str] = []
-    spec = DATASETS.get(corpus.source)
     val_split = corpus.val_split
     if val_split == "auto":
         val_split = "validation" if spec is not None and "validation" in spec.split_names else None
@@ -111,6 +141,10 @@ def _split_docs(cfg: DataConfig, corpus: CorpusConfig) -> tuple[list[str], list[
         held = set(order[:n_val])
         val = [t for i, t in enumerate(train) if i in held]
         train = [t for i, t in enumerate(train) if i not in held]
+    return _cap(train, corpus), val
+
+
+def _cap(train: list[str], corpus: CorpusConfig) -> list[str]:
     if corpus.max_docs:
         train = train[: corpus.max_docs]
     if corpus.max_bytes:
@@ -121,7 +155,7 @@ def _split_docs(cfg: DataConfig, corpus: CorpusConfig) -> tuple[list[str], list[
                 break
             kept.append(t)
         train = kept
-    return train, val
+    return train
 
 
 def _tokenizer_sample(per_corpus: list[list[str]], max_bytes: int, seed: int) -> list[str]:
