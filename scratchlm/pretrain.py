@@ -32,6 +32,10 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     # held-out texts scored (bits-per-byte) after training: "name:split" of any dataset or file
     final_eval: list[str] = field(default_factory=lambda: ["wikitext2:test"])
+    # continued pretraining: start from this model folder (its weights, architecture and tokenizer; the
+    # `model` section is ignored) instead of random weights
+    init: str | None = None
+    pretrain: str | None = None  # the pretraining recipe that makes `init` when it does not exist yet
 
 
 def build_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainConfig:
@@ -71,6 +75,25 @@ def _final_eval(model: Transformer, tokenizer, names: list[str], data_dir, folde
     return results
 
 
+def _continue_from(cfg: PretrainConfig, log):
+    """Load ``cfg.init`` (pretraining it first with ``cfg.pretrain`` if missing); its architecture and
+    tokenizer replace the recipe's ``model`` and ``data.tokenizer``."""
+    from dataclasses import replace
+
+    from .model.io import load_model
+    from .stages import ensure_pretrained
+
+    ensure_pretrained(cfg.init, cfg.pretrain, data_dir=cfg.data.data_dir, log=log, progress=cfg.train.progress)
+    base = load_model(cfg.init)
+    if cfg.data.tokenizer and Path(cfg.data.tokenizer).resolve() not in (base.folder.resolve(),
+                                                                        (base.folder / "tokenizer.json").resolve()):
+        raise ConfigError(f"data.tokenizer {cfg.data.tokenizer} is not the tokenizer of init {base.folder}: "
+                          f"continued pretraining keeps the model's tokenizer (leave data.tokenizer empty)")
+    cfg.data.tokenizer = str(base.folder)
+    cfg.model = replace(base.model.cfg)
+    return base
+
+
 def run(cfg: PretrainConfig, log=print) -> dict:
     """Pretrain end to end; returns the report written to ``<out_dir>/report.json``."""
     t0 = time.time()
@@ -80,6 +103,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     # Under torchrun every process runs this: rank 0 prepares the data, the others wait and then load it
     # (concurrent writers would race on the same shard files).
     info = dist_utils.init(pick_device(cfg.train.device))
+    base = _continue_from(cfg, log) if cfg.init else None
     if info.is_main:
         data = prepare(cfg.data, out / "data", progress=cfg.train.progress, log=log)
     dist_utils.barrier(info)
@@ -89,13 +113,18 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     if cfg.model.vocab_size != tok.vocab_size:
         cfg.model.vocab_size = tok.vocab_size  # the embedding table follows the tokenizer
     torch.manual_seed(cfg.train.seed)  # initial weights follow train.seed (torch's default seed is random)
-    model = Transformer(cfg.model)
+    model = base.model.train() if base is not None else Transformer(cfg.model)
+    if base is not None:
+        log(f"continued pretraining from {base.folder}")
     log(f"model: {model.num_params() / 1e6:.2f}M parameters ({model.num_params(True) / 1e6:.2f}M without "
         f"embeddings), {model.flops_per_token() / 1e6:.1f} MFLOPs/token (training, fwd+bwd)")
     task = LMTask(model, data.train, data.val, block_size=cfg.model.block_size, seed=cfg.train.seed,
                   sampling=cfg.data.sampling, token_bytes=token_byte_lengths(tok))
     run_config = {"task": "lm", "scratchlm_version": __version__, "tokenizer_fingerprint": tok.fingerprint,
                   **to_dict(cfg)}
+    if base is not None:  # the whole lineage, so leakage checks downstream see the base's corpora too
+        run_config["backbone"] = {"folder": str(base.folder), "data": base.config.get("data"),
+                                  "backbone": base.config.get("backbone")}
     trainer = Trainer(cfg.train, task, run_config=run_config, tokenizer=tok,
                       flops_per_token=model.flops_per_token())
     result = trainer.fit()

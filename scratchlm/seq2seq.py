@@ -273,6 +273,34 @@ def _test_and_report(cfg: Seq2SeqConfig, out: Path, data: ParallelData, predict,
     return report
 
 
+_SPLIT_FIELDS = ("train_split", "val_split", "test_split", "val_size", "test_size", "seed", "dedup",
+                 "leakage_guard")
+
+
+def _lineage_corpora(config: dict) -> list[str]:
+    """Names of every corpus a model (and the models it continued from) was pretrained on."""
+    names = []
+    while config:
+        for c in (config.get("data") or {}).get("corpora") or []:
+            names.append(c.get("source") if isinstance(c, dict) else str(c).partition(":")[0])
+        config = config.get("backbone") or {}
+    return names
+
+
+def check_backbone_split(backbone_config: dict, data: Seq2SeqDataConfig) -> None:
+    """A backbone pretrained on this dataset's text read its training pairs under the default split
+    (:func:`scratchlm.data.prepare._parallel_docs`); a run that splits differently could test on them."""
+    if data.dataset not in _lineage_corpora(backbone_config):
+        return
+    default = Seq2SeqDataConfig(dataset=data.dataset)
+    diff = {f: getattr(data, f) for f in _SPLIT_FIELDS if getattr(data, f) != getattr(default, f)}
+    if diff:
+        from .data.prepare import LeakageError
+
+        raise LeakageError(f"the pretrained model read {data.dataset}'s training pairs under the default split; "
+                           f"this run splits differently ({diff}), so its test pairs may have been pretrained on")
+
+
 def run(cfg: Seq2SeqConfig, log=print) -> dict:
     """Train one model of the recipe (``cfg.kind``), decode the test set, score it; returns report.json."""
     cfg.validate()
@@ -289,6 +317,7 @@ def run(cfg: Seq2SeqConfig, log=print) -> dict:
     ensure_pretrained(cfg.init, cfg.pretrain, cfg.pretrain_overrides, cfg.data.data_dir, log,
                       progress=cfg.train.progress)
     pretrained = load_model(cfg.init)
+    check_backbone_split(pretrained.config, cfg.data)
     tok = pretrained.tokenizer
     if cfg.kind in ("gru", "lstm"):
         return _run_rnn(cfg, out, data, tok, pretrained, log)
@@ -315,7 +344,8 @@ def run(cfg: Seq2SeqConfig, log=print) -> dict:
                   "model": to_dict(model.cfg), "src_lang": data.src_lang, "tgt_lang": data.tgt_lang,
                   "max_target_tokens": cfg.max_target_tokens, "source_head_fraction": cfg.source_head_fraction,
                   "decode": to_dict(cfg.decode), "recipe": to_dict(cfg),
-                  "backbone": {"folder": str(pretrained.folder), "data": pretrained.config.get("data")}}
+                  "backbone": {"folder": str(pretrained.folder), "data": pretrained.config.get("data"),
+                               "backbone": pretrained.config.get("backbone")}}
     trainer = Trainer(cfg.train, task, run_config=run_config, tokenizer=tok, flops_per_token=model.flops_per_token())
     result = trainer.fit()
     info = {"description": f"decoder ({cfg.init_weights}), packed seq2seq fine-tuning, loss on targets only",

@@ -45,3 +45,41 @@ def test_init_that_the_recipe_does_not_make_is_refused(monkeypatch, tmp_path):
         ensure_pretrained("elsewhere/model", "en_small")
     with pytest.raises(ConfigError, match="pretrain a model first"):
         ensure_pretrained("elsewhere/model", None)
+
+
+def test_continued_pretraining_starts_from_the_init_weights_and_records_the_lineage(tiny_lm_dir, tmp_path):
+    """`init:` in a pretraining recipe: the model folder's weights, architecture and tokenizer, and its
+    corpora recorded under `backbone` so the leakage checks downstream see them."""
+    import json
+
+    import torch
+    from conftest import DATA_OVERRIDES, TRAIN_OVERRIDES
+
+    from scratchlm.data.labeled import assert_not_pretrained_on
+    from scratchlm.data.prepare import LeakageError
+    from scratchlm.model.io import load_model
+
+    cfg = pretrain_stage.build_config(None, [*DATA_OVERRIDES, *TRAIN_OVERRIDES, f"init={tiny_lm_dir}",
+                                             "model.n_layer=5", f"train.out_dir={tmp_path / 'cont'}",
+                                             "train.max_steps=1", "train.lr=1e-9", "train.weight_decay=0",
+                                             "final_eval=[]"])
+    report = pretrain_stage.run(cfg, log=lambda *a, **k: None)
+    base, cont = load_model(tiny_lm_dir), load_model(report["model_dir"])
+    assert cont.model.cfg == base.model.cfg  # the recipe's `model` section gives way to the init's
+    assert cont.tokenizer.fingerprint == base.tokenizer.fingerprint
+    for (name, a), b in zip(base.model.state_dict().items(), cont.model.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=0, msg=name)  # one step at lr 1e-9: the init's weights
+    config = json.loads((tmp_path / "cont" / "model" / "config.json").read_text())
+    assert config["backbone"]["data"]["corpora"][0]["source"] == "tinyshakespeare"
+    with pytest.raises(LeakageError):  # the base's corpora count: pretend its corpus was a test split
+        bad = {**config, "backbone": {"data": {"corpora": [{"source": "imdb", "split": "test"}]}}}
+        assert_not_pretrained_on(bad, "imdb", "test")
+
+
+def test_continued_pretraining_refuses_another_tokenizer(tiny_lm_dir, tmp_path):
+    from conftest import DATA_OVERRIDES, TRAIN_OVERRIDES
+
+    cfg = pretrain_stage.build_config(None, [*DATA_OVERRIDES, *TRAIN_OVERRIDES, f"init={tiny_lm_dir}",
+                                             f"data.tokenizer={tmp_path}", f"train.out_dir={tmp_path / 'c'}"])
+    with pytest.raises(ConfigError, match="keeps the model's tokenizer"):
+        pretrain_stage.run(cfg, log=lambda *a, **k: None)

@@ -288,9 +288,12 @@ def assert_not_pretrained_on(config: dict, dataset: str, test_split: str | None,
     """Refuse a backbone whose recorded pretraining corpora include the held-out test split.
 
     ``config`` is the backbone's saved config.json; a corpus names the test split either as
-    ``dataset:split`` or as a path to the same file."""
+    ``dataset:split`` or as a path to the same file. A continued-pretraining model records the model it
+    started from under ``backbone``: its corpora are checked too, all the way down."""
     if test_split is None:
         return
+    if config.get("backbone"):
+        assert_not_pretrained_on(config["backbone"], dataset, test_split, data_dir)
     corpora = (config.get("data") or {}).get("corpora") or []
     spec = DATASETS.get(dataset)
     test_file = None
