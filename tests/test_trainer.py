@@ -165,3 +165,20 @@ def test_keep_last_pruning_keeps_the_best(tmp_path, prepared):
     for name in folders:
         ckpt.verify(tmp_path / "checkpoints" / name)
     assert json.loads((tmp_path / "model" / "source.json").read_text())["step"] == 2  # exported the best
+
+
+def test_time_fitted_decay_follows_steps_that_slow_down(tmp_path, prepared):
+    """Regression: the horizon was fitted once from the first steps; when later steps were slower the
+    budget ran out with the learning rate still at 11% of its peak (Tatoeba en->zh stopped at step 1,293
+    of a fitted 1,445). Refitting from the mean step time keeps the decay ending at the budget."""
+    t = make_trainer(prepared, tmp_path, max_steps=100_000, max_time_s=100.0, budget_calibration_steps=2)
+    step_at_budget = None
+    while t.elapsed < 100.0:
+        t.step += 1
+        dt = 1.0 if t.step <= 12 else 2.0  # steps get twice as slow after the calibration
+        t.elapsed += dt
+        t._fit_horizon(dt)
+        if t.elapsed >= 100.0:
+            step_at_budget = t.step
+    assert step_at_budget == 56
+    assert abs(t.horizon - step_at_budget) <= 1

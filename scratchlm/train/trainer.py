@@ -129,6 +129,7 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.horizon: int | None = None  # decay horizon fitted to max_time_s (saved, so resume is exact)
         self._calib: list[float] = []
+        self._refit_from: tuple[int, float] | None = None  # (step, elapsed) the horizon was last fitted at
         self._saved_step: int | None = None
 
     # ---- setup -------------------------------------------------------------------------------
@@ -302,20 +303,33 @@ class Trainer:
 
     def _fit_horizon(self, dt: float) -> None:
         """With a time budget and no explicit decay_steps, time a few steps (after the first, which
-        compiles) and end the LR decay where the budget will run out. Fixed once and checkpointed."""
+        compiles) and end the LR decay where the budget will run out. Refitted every
+        ``10 x budget_calibration_steps`` steps from the mean step time since the last fit, so slower steps
+        later on (longer batches, a busier machine) still end the decay at the budget, not before it is
+        reached; the horizon is checkpointed."""
         cfg = self.cfg
-        if self.horizon is not None or cfg.max_time_s is None or cfg.decay_steps is not None:
+        if cfg.max_time_s is None or cfg.decay_steps is not None or self.step == 1:
             return
-        if self.step == 1:
+        if self.horizon is not None:
+            if self._refit_from is None:  # resumed: measure from here
+                self._refit_from = (self.step, self.elapsed)
+            elif self.step - self._refit_from[0] >= 10 * cfg.budget_calibration_steps:
+                steps, secs = self.step - self._refit_from[0], self.elapsed - self._refit_from[1]
+                self._set_horizon(secs / steps)
             return
         self._calib.append(dt)
         if len(self._calib) < cfg.budget_calibration_steps:
             return
         per_step = sorted(self._calib)[len(self._calib) // 2]
+        self._set_horizon(per_step)
+        self._print(f"time budget: {per_step:.2f} s/step -> learning-rate decay ends at step {self.horizon}")
+
+    def _set_horizon(self, per_step: float) -> None:
+        cfg = self.cfg
         remaining = max(0.0, cfg.max_time_s - self.elapsed)
         fitted = dist_utils.broadcast_int(self.step + int(remaining / per_step), self.dist, self.device)
         self.horizon = min(cfg.max_steps, max(self.step + 1, fitted))
-        self._print(f"time budget: {per_step:.2f} s/step -> learning-rate decay ends at step {self.horizon}")
+        self._refit_from = (self.step, self.elapsed)
 
     def _train_step(self) -> tuple[float, int, float, bool]:
         cfg = self.cfg
