@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from dataclasses import asdict
@@ -29,11 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from scratchlm.generate import SamplingConfig, generate  # noqa: E402
 from scratchlm.model.transformer import PRESETS, Transformer, preset  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 / (1024 if sys.platform == "darwin" else 1)  # macOS reports bytes, Linux KiB
+from scratchlm.train.hardware import peak_rss_mb  # noqa: E402
 
 
 def load_model(folder: str) -> Transformer:

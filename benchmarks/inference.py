@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -229,7 +228,9 @@ def worker(args) -> None:
         result.update(run_classifier_form(form, path, args) if kind == "classify" else run_lm_form(form, path, args))
     except ImportError as e:
         result["skipped"] = f"{e.name or e} not installed"
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from scratchlm.train.hardware import peak_rss_mb
+
+    result["peak_rss_mb"] = peak_rss_mb()  # KiB on Linux, bytes on macOS: converted there
     print("RESULT " + json.dumps(result))
 
 
