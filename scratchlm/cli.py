@@ -318,7 +318,15 @@ def _seq2seq_cli(args, task: str) -> int:
     if args.input:
         from .data.sources import load_texts
 
-        texts = load_texts(args.input, "train", args.column or "text", txt_mode="lines")
+        if Path(args.input).suffix == ".txt":  # line by line, blank lines kept (their outputs stay empty)
+            from .data.parallel import _lines
+
+            if not Path(args.input).is_file():
+                print(f"scratchlm {task}: no such file: {args.input}", file=sys.stderr)
+                return 2
+            texts = _lines(Path(args.input))
+        else:
+            texts = load_texts(args.input, "train", args.column or "text", txt_mode="lines")
         outs = loaded.generate(texts, decode, progress=True)
         out = Path(args.output or Path(args.input).with_suffix(f".{task}.jsonl"))
         with open(out, "w", encoding="utf-8") as f:

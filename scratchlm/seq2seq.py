@@ -156,11 +156,23 @@ class LoadedSeq2Seq:
 
     def generate(self, sources: list[str], decode: DecodeConfig, *, num_beams: int | None = None,
                  progress: bool = False) -> list[str]:
-        """Outputs for ``sources`` (batched by length), greedy when num_beams == 1."""
+        """Outputs for ``sources`` (batched by length), greedy when num_beams == 1. An empty (or blank)
+        source gets an empty output, with a warning, so outputs stay aligned with their lines."""
+        import warnings
+
+        empty = [i for i, s in enumerate(sources) if not s.strip()]
+        if empty:
+            warnings.warn(f"{len(empty)} empty source line(s) (first at line {empty[0] + 1}): their outputs are "
+                          f"left empty", stacklevel=2)
+            keep = [i for i, s in enumerate(sources) if s.strip()]
+            outs = self.generate([sources[i] for i in keep], decode, num_beams=num_beams,
+                                 progress=progress) if keep else []
+            full = [""] * len(sources)
+            for i, o in zip(keep, outs):
+                full[i] = o
+            return full
         prompts, cut = self.prompts(sources)
         if cut:
-            import warnings
-
             warnings.warn(f"{cut} source(s) longer than the context were truncated", stacklevel=2)
         cfg = decode.beam(num_beams)
         order = np.argsort([-len(p) for p in prompts], kind="stable")

@@ -78,11 +78,17 @@ def test_translate_cli(tmp_path, tiny_lm_dir, pairs_file, cli_env):
                        cwd=REPO, timeout=120)
     assert p.returncode == 2 and "supported directions: en-zh" in p.stderr
     inp = tmp_path / "in.txt"
-    inp.write_text("cat dog\nbig sun\n")
+    inp.write_text("cat dog\n\nbig sun\n")  # a blank line: an empty output in its place, a warning, no crash
     p = subprocess.run(cli + ["--input", str(inp), "--beams", "1", "--max-new-tokens", "6"], env=cli_env,
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert len((tmp_path / "in.translate.jsonl").read_text().splitlines()) == 2
+    rows = [json.loads(r) for r in (tmp_path / "in.translate.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in rows] == ["cat dog", "", "big sun"] and rows[1]["output"] == ""
+    assert "1 empty source line(s) (first at line 2)" in p.stderr
+    inp.write_bytes(b"cat dog\nbig \xff sun\n")
+    p = subprocess.run(cli + ["--input", str(inp)], env=cli_env, capture_output=True, text=True, cwd=REPO,
+                       timeout=120)
+    assert p.returncode != 0 and "byte" in p.stderr and "in.txt" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_evaluate_cli_rebuilds_the_recipe_split(tmp_path, tiny_lm_dir, pairs_file, cli_env):
