@@ -289,20 +289,12 @@ _SPLIT_FIELDS = ("train_split", "val_split", "test_split", "val_size", "test_siz
                  "leakage_guard")
 
 
-def _lineage_corpora(config: dict) -> list[str]:
-    """Names of every corpus a model (and the models it continued from) was pretrained on."""
-    names = []
-    while config:
-        for c in (config.get("data") or {}).get("corpora") or []:
-            names.append(c.get("source") if isinstance(c, dict) else str(c).partition(":")[0])
-        config = config.get("backbone") or {}
-    return names
-
-
 def check_backbone_split(backbone_config: dict, data: Seq2SeqDataConfig) -> None:
     """A backbone pretrained on this dataset's text read its training pairs under the default split
     (:func:`scratchlm.data.prepare._parallel_docs`); a run that splits differently could test on them."""
-    if data.dataset not in _lineage_corpora(backbone_config):
+    from .data.labeled import pretraining_corpora
+
+    if data.dataset not in {source for source, _ in pretraining_corpora(backbone_config)}:
         return
     default = Seq2SeqDataConfig(dataset=data.dataset)
     diff = {f: getattr(data, f) for f in _SPLIT_FIELDS if getattr(data, f) != getattr(default, f)}

@@ -101,3 +101,17 @@ def test_evaluate_cli_rebuilds_the_recipe_split(tmp_path, tiny_lm_dir, pairs_fil
     assert m["n"] == 20 and "bleu" in m and "chrf" in m and m["direction"] == "en-zh"
     rows = (tmp_path / "runs/decoder/model/eval").glob("*.predictions.jsonl")
     assert len(next(rows).read_text().splitlines()) == 20
+
+
+def test_backbone_that_read_the_dataset_must_share_its_split():
+    from scratchlm.data.parallel import Seq2SeqDataConfig
+    from scratchlm.data.prepare import LeakageError
+    from scratchlm.seq2seq import check_backbone_split
+
+    cont = {"data": {"corpora": ["wikipedia_en"]},
+            "backbone": {"data": {"corpora": [{"source": "tatoeba_cmn_eng", "split": "train"}]}}}
+    check_backbone_split(cont, Seq2SeqDataConfig(dataset="tatoeba_cmn_eng"))  # the default split: fine
+    check_backbone_split({"data": {"corpora": ["wikipedia_en"]}}, Seq2SeqDataConfig(dataset="tatoeba_cmn_eng",
+                                                                                      seed=7))
+    with pytest.raises(LeakageError, match="splits differently"):
+        check_backbone_split(cont, Seq2SeqDataConfig(dataset="tatoeba_cmn_eng", seed=7))

@@ -284,6 +284,21 @@ def assert_disjoint(seen: list[str], test: list[str]) -> None:
             raise LeakageError(f"test example {i} also occurs in the training/validation data: {t[:80]!r}")
 
 
+def pretraining_corpora(config: dict) -> list[tuple[str, str]]:
+    """(source, split) of every corpus a model was pretrained on, following ``backbone`` down the lineage
+    of continued pretraining (``config`` is a saved config.json)."""
+    out = []
+    while config:
+        for c in (config.get("data") or {}).get("corpora") or []:
+            if isinstance(c, dict):
+                out.append((c.get("source"), c.get("split", "train")))
+            else:
+                source, _, split = str(c).partition(":")
+                out.append((source, split or "train"))
+        config = config.get("backbone") or {}
+    return out
+
+
 def assert_not_pretrained_on(config: dict, dataset: str, test_split: str | None, data_dir=None) -> None:
     """Refuse a backbone whose recorded pretraining corpora include the held-out test split.
 
@@ -292,16 +307,11 @@ def assert_not_pretrained_on(config: dict, dataset: str, test_split: str | None,
     started from under ``backbone``: its corpora are checked too, all the way down."""
     if test_split is None:
         return
-    if config.get("backbone"):
-        assert_not_pretrained_on(config["backbone"], dataset, test_split, data_dir)
-    corpora = (config.get("data") or {}).get("corpora") or []
     spec = DATASETS.get(dataset)
     test_file = None
     if spec is not None and test_split in spec.splits:
         test_file = spec.splits[test_split]
-    for c in corpora:
-        source = c.get("source") if isinstance(c, dict) else str(c).partition(":")[0]
-        split = c.get("split", "train") if isinstance(c, dict) else (str(c).partition(":")[2] or "train")
+    for source, split in pretraining_corpora(config):
         if source == dataset and split == test_split:
             raise LeakageError(f"the pretrained model was trained on {dataset}:{test_split}, the split this run "
                                f"reports as its test set; pretrain without it")
