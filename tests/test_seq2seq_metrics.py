@@ -91,6 +91,20 @@ def test_rouge_multi_reference_takes_best_per_example():
     assert rouge(MULTI_HYPS, [[r[0]] for r in MULTI_REFS])["rouge1"] < 100
 
 
+def test_rouge_mean_over_references_beside_the_best():
+    out = rouge(MULTI_HYPS, MULTI_REFS, "en")
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    for t in ("rouge1", "rouge2", "rougeL"):
+        means = [sum(scorer.score(r, h)[t].fmeasure for r in refs) / len(refs)
+                 for h, refs in zip(MULTI_HYPS, MULTI_REFS)]
+        assert out[f"{t}_mean_refs"] == pytest.approx(100 * sum(means) / len(means))
+        best = [scorer.score_multi(refs, h)[t].fmeasure for h, refs in zip(MULTI_HYPS, MULTI_REFS)]
+        assert out[t] == pytest.approx(100 * sum(best) / len(best))  # the same choice as score_multi
+    assert out["rouge1_mean_refs"] < out["rouge1"]
+    single = rouge(EN_HYPS, EN_REFS, "en")  # one reference: both are the same number
+    assert single["rouge1_mean_refs"] == pytest.approx(single["rouge1"])
+
+
 def test_rouge_chinese_not_zero_for_identical_strings():
     scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
     assert scorer.score("我喜欢猫。", "我喜欢猫。")["rouge1"].fmeasure == 0  # the pitfall: CJK dropped

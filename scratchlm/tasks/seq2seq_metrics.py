@@ -12,8 +12,9 @@ list or dict, so results go straight into JSON.
   tokenizer. Chinese: the default tokenizer keeps only ``[a-z0-9]`` and would score every Chinese pair 0,
   so both sides are split into characters and scored with :class:`CharTokenizer`, which keeps every
   letter or digit of any script (CJK ideographs included) and drops punctuation and spaces. Several
-  references: the best F per example and ROUGE type (``score_multi``, as the AESLC paper and PEGASUS do),
-  then the mean over examples.
+  references: the best F per example and ROUGE type (``score_multi``), then the mean over examples; the
+  mean F over an example's references (ROUGE-1.5.5's default ``-f A`` averaging) is reported beside it as
+  ``rouge*_mean_refs``, since papers differ in which they use.
 """
 
 from __future__ import annotations
@@ -122,23 +123,28 @@ def rouge_scorer_for(lang: str):
 def rouge(hyps: Sequence[str], refs_list: Sequence[Sequence[str]], lang: str = "en") -> dict:
     """Mean ROUGE-1/2/L F1 x 100 (``rouge1``, ``rouge2``, ``rougeL``); with several references the best
     F per example and type counts. Also ``rouge*_precision`` / ``rouge*_recall`` (means of the
-    precision/recall of the chosen reference), ``tokenizer`` and ``n``."""
+    precision/recall of the chosen reference), ``rouge*_mean_refs`` (the F averaged over each example's
+    references, then over examples; equal to ``rouge*`` with one reference), ``tokenizer`` and ``n``."""
     hyps, refs = _check(hyps, refs_list, "rouge")
     scorer = rouge_scorer_for(lang)
     if lang == "zh":
         hyps = [char_spaced(h) for h in hyps]
         refs = [[char_spaced(r) for r in rs] for rs in refs]
     per_type: dict[str, list] = {t: [] for t in ROUGE_TYPES}
+    mean_refs: dict[str, list[float]] = {t: [] for t in ROUGE_TYPES}
     for h, rs in zip(hyps, refs):
-        scores = scorer.score_multi(rs, h) if len(rs) > 1 else scorer.score(rs[0], h)
+        each = [scorer.score(r, h) for r in rs]
         for t in ROUGE_TYPES:
-            per_type[t].append(scores[t])
+            per_type[t].append(max((sc[t] for sc in each), key=lambda x: x.fmeasure))  # = score_multi
+            mean_refs[t].append(float(np.mean([sc[t].fmeasure for sc in each])))
     out: dict = {}
     for t in ROUGE_TYPES:
         out[t] = float(np.mean([s.fmeasure for s in per_type[t]]) * 100)
     for t in ROUGE_TYPES:
         out[f"{t}_precision"] = float(np.mean([s.precision for s in per_type[t]]) * 100)
         out[f"{t}_recall"] = float(np.mean([s.recall for s in per_type[t]]) * 100)
+    for t in ROUGE_TYPES:
+        out[f"{t}_mean_refs"] = float(np.mean(mean_refs[t]) * 100)
     out["tokenizer"] = "chars (CJK kept)" if lang == "zh" else "rouge-score default + Porter stemmer"
     out["n"] = len(hyps)
     return out
