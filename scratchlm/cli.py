@@ -319,12 +319,12 @@ def _seq2seq_cli(args, task: str) -> int:
         from .data.sources import load_texts
 
         if Path(args.input).suffix == ".txt":  # line by line, blank lines kept (their outputs stay empty)
-            from .data.parallel import _lines
+            from .data.parallel import read_lines
 
             if not Path(args.input).is_file():
                 print(f"scratchlm {task}: no such file: {args.input}", file=sys.stderr)
                 return 2
-            texts = _lines(Path(args.input))
+            texts = read_lines(Path(args.input))
         else:
             texts = load_texts(args.input, "train", args.column or "text", txt_mode="lines")
         outs = loaded.generate(texts, decode, progress=True)

@@ -255,7 +255,7 @@ def _cell(value, where: str, origin: str, column: str) -> str:
     raise DataError(f"{where}, {origin}, column {column!r}: expected a string, got {type(value).__name__} {value!r}")
 
 
-def _lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
     """Lines of a UTF-8 text file, cut at '\\n' only (with '\\r' removed), no trailing empty line."""
     text = _read_text(path)  # DataError naming the file and byte offset on invalid UTF-8
     lines = text.split("\n")
@@ -269,7 +269,7 @@ def _read_txt_pair(cfg: Seq2SeqDataConfig) -> tuple[ParallelSplit, int, str]:
     for path in (src, tgt):
         if not path.is_file():
             raise DataError(f"{path}: no such file")
-    src_lines, tgt_lines = _lines(src), _lines(tgt)
+    src_lines, tgt_lines = read_lines(src), read_lines(tgt)
     if len(src_lines) != len(tgt_lines):
         raise DataError(f"unpaired files: {src} has {len(src_lines):,} lines but {tgt} has {len(tgt_lines):,}; "
                         "the source and target files must be aligned line by line (one segment per line)")
