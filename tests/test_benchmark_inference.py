@@ -49,3 +49,22 @@ def test_table_for_every_form(tiny_lm_dir, tmp_path, capsys):
     for form in ("hf", "onnx-fp32", "llama.cpp"):
         assert by[form]["lm"]["greedy_tokens"] == ref, form
     assert "/ HF transformers generate" in text
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/status").exists(), reason="Linux /proc only")
+def test_a_worker_reports_its_own_peak_memory_not_its_parents():
+    # Bug: each form runs in its own process, but ru_maxrss survives exec, so every worker reported the
+    # benchmark parent's peak (790 MB for all seven forms). A child started by a 600 MB parent must not.
+    import subprocess
+    import sys
+
+    from scratchlm.train.hardware import peak_rss_mb
+
+    ballast = bytearray(600 * 2**20)
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page
+    parent = peak_rss_mb()
+    child = float(subprocess.run([sys.executable, "-c", "from scratchlm.train.hardware import peak_rss_mb; "
+                                  "print(peak_rss_mb())"], capture_output=True, text=True, check=True).stdout)
+    del ballast
+    assert parent > 600
+    assert 0 < child < parent - 400

@@ -104,7 +104,18 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048,
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MiB.
+
+    On Linux, VmHWM from /proc/self/status: ``getrusage``'s ``ru_maxrss`` survives ``exec``, so a worker
+    started by a large parent (a benchmark running each form in its own process) would report the parent's
+    peak as its own."""
     import resource
 
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024 if platform.system() != "Darwin" else r / 2**20
