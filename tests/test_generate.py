@@ -59,6 +59,37 @@ def test_kv_cache_logits_match_full_forward(model):
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_decode_pack_serves_cached_inference_only_and_matches_the_modules(model):
+    """The packed decode weights (fused q/k/v and gate/up, column-major) give the modules' logits, follow
+    in-place weight changes, and are not used for training, autograd, LoRA layers or calls without a cache."""
+    import copy
+
+    from scratchlm.model.lora import LoraConfig, inject_lora
+
+    m = copy.deepcopy(model)
+    idx = torch.randint(0, CFG.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+
+    def cached_logits():
+        cache = KVCache(CFG, 2, 9, "cpu", torch.float32)
+        first = m.head(m(idx[:, :8], cache=cache))
+        cache.pos = 8
+        return torch.cat([first, m.head(m(idx[:, 8:], cache=cache))], dim=1)
+
+    with torch.inference_mode():
+        assert m._decode_pack() is not None
+        torch.testing.assert_close(cached_logits(), m.logits(idx), atol=1e-5, rtol=1e-5)
+        m.layers[1].mlp.up_proj.weight.mul_(1.5)  # in place: the pack must be remade
+        m.lm_head.weight.add_(0.01)
+        torch.testing.assert_close(cached_logits(), m.logits(idx), atol=1e-5, rtol=1e-5)
+    assert m._decode_pack() is None  # autograd on
+    with torch.no_grad():
+        m.train()
+        assert m._decode_pack() is None
+        m.eval()
+        inject_lora(m, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+        assert m._decode_pack() is None
+
+
 # ---- equivalences -------------------------------------------------------------------------------------
 
 def test_temperature_zero_matches_reference_loop(model):
