@@ -314,8 +314,8 @@ class Transformer(nn.Module):
         gate/up saves three matmuls and their dispatch per block (``benchmarks/inference.py``: decode
         tokens/s at batch 1). The pack is a copy (one more set of weights in memory), made on first use in
         inference and remade when any weight changes (tensor version counters), so training, loading a
-        state dict or merging LoRA never leave it stale. It applies to eval-mode, no-grad, float CPU models
-        whose projections are plain ``nn.Linear`` layers without bias: LoRA layers, int8 layers, training,
+        state dict or merging LoRA never leave it stale. It applies to eval-mode, no-grad, float32 CPU models
+        (bf16 matmuls on a column-major weight take a slow path) whose projections are plain ``nn.Linear`` layers without bias: LoRA layers, int8 layers, training,
         tracing and export take the ordinary path."""
         if (self.training or torch.is_grad_enabled() or self.embed.weight.device.type != "cpu"
                 or torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
@@ -324,7 +324,7 @@ class Transformer(nn.Module):
         for blk in self.layers:
             mods += [blk.attn.q_proj, blk.attn.k_proj, blk.attn.v_proj, blk.attn.o_proj,
                      blk.mlp.gate_proj, blk.mlp.up_proj, blk.mlp.down_proj]
-        if any(type(m) is not nn.Linear or m.bias is not None or not m.weight.is_floating_point() for m in mods):
+        if any(type(m) is not nn.Linear or m.bias is not None or m.weight.dtype != torch.float32 for m in mods):
             return None
         key = tuple((m.weight.data_ptr(), m.weight._version, m.weight.dtype) for m in mods)
         cached = getattr(self, "_pack_cache", None)
