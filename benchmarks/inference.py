@@ -7,7 +7,7 @@ and llama.cpp (GGUF).
 For every form: file size, peak memory (max RSS of the process that ran it: each form runs in its own
 process), prefill tokens/s (one prompt), decode tokens/s at batch 1 and 8 (greedy, every row decodes
 --new-tokens tokens, eos ignored: decode time = time(N new tokens) - time(1 new token), so the prefill is not
-counted), and, with --classifier, classification latency per review (batch 1, IMDb test reviews) and
+counted; the forms take turns --rounds times and each keeps its best), and, with --classifier, classification latency per review (batch 1, IMDb test reviews) and
 optionally accuracy on --accuracy IMDb test reviews. The exported forms are made first in --work (reused when
 present) with scratchlm's own export and quantize. Forms whose package is missing are reported as skipped.
 """
@@ -319,6 +319,8 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeat", type=int, default=2, help="best of this many timings")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="language-model timings: the forms take turns this many times, best of each kept")
     p.add_argument("--reviews", type=int, default=50, help="IMDb test reviews timed for ms/review")
     p.add_argument("--accuracy", type=int, default=0, help="IMDb test reviews scored for accuracy (0 = skip)")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -338,12 +340,25 @@ def main(argv=None) -> int:
     lm_paths = prepare(args.model, work / "lm", forms, log)
     clf_paths = prepare(args.classifier, work / "classifier", [f for f in forms if f != "llama.cpp"], log) \
         if args.classifier else {}
+    # Language-model timings, --rounds times, the forms taking turns, best speed of each kept: on a shared
+    # or throttling machine the speed drifts over minutes, and running the forms one after the other would
+    # hand that drift to the comparison.
+    lm: dict[str, dict] = {}
+    for rnd in range(args.rounds):
+        for form in forms:
+            log(f"running {form} (language model, round {rnd + 1}/{args.rounds})")
+            res = run_form(form, lm_paths[form], "lm", args)
+            best = lm.setdefault(form, res)
+            for key, val in res.items():
+                if key.endswith("tok_s") and val is not None and (best.get(key) is None or val > best[key]):
+                    best[key] = val
+            best["peak_rss_mb"] = max(best.get("peak_rss_mb") or 0, res.get("peak_rss_mb") or 0)
+            best["rounds"] = rnd + 1
     rows = []
     for form in forms:
-        row = {"form": form, "file_mb": file_size(form, lm_paths[form]) / 1e6}
-        log(f"running {form}")
-        row["lm"] = run_form(form, lm_paths[form], "lm", args)
+        row = {"form": form, "file_mb": file_size(form, lm_paths[form]) / 1e6, "lm": lm[form]}
         if form in clf_paths:
+            log(f"running {form} (classifier)")
             row["classify"] = run_form(form, clf_paths[form], "classify", args)
         elif args.classifier:
             row["classify"] = {"skipped": "no classifier head in this format"}
