@@ -4,12 +4,13 @@ and llama.cpp (GGUF).
     python benchmarks/inference.py --model runs/imdb_lm/model --classifier runs/imdb/decoder-full/model \
         --threads 2 --accuracy 2000
 
-For every form: file size, peak memory (max RSS of the process that ran it: each form runs in its own
-process), prefill tokens/s (one prompt), decode tokens/s at batch 1 and 8 (greedy, every row decodes
---new-tokens tokens, eos ignored: decode time = time(N new tokens) - time(1 new token), so the prefill is not
-counted; the forms take turns --rounds times and each keeps its best), and, with --classifier, classification latency per review (batch 1, IMDb test reviews) and
-optionally accuracy on --accuracy IMDb test reviews. The exported forms are made first in --work (reused when
-present) with scratchlm's own export and quantize. Forms whose package is missing are reported as skipped.
+For every form: file size, peak memory (max RSS of the process that ran it: each form runs in its own process),
+prefill tokens/s (one prompt), decode tokens/s at batch 1 and 8 (greedy, every row decodes --new-tokens tokens,
+eos ignored: decode time = time(N new tokens) - time(1 new token), so the prefill is not counted; the forms take
+turns --rounds times and each keeps its best), and, with --classifier, classification latency per review (batch
+1, IMDb test reviews) and optionally accuracy on --accuracy IMDb test reviews. The exported forms are made first
+in --work (reused when present) with scratchlm's own export and quantize. Forms whose package is missing are
+reported as skipped.
 """
 
 from __future__ import annotations
