@@ -68,3 +68,15 @@ def test_a_worker_reports_its_own_peak_memory_not_its_parents():
     del ballast
     assert parent > 600
     assert 0 < child < parent - 400
+
+
+def test_decode_layout_benchmark_runs_every_layout(capsys):
+    spec = importlib.util.spec_from_file_location("bench_layout", REPO / "benchmarks" / "decode_layout.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--preset", "1m", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for line in ("separate row-major", "separate column-major", "fused    row-major", "fused    column-major"):
+        assert line in out
+    cfg = mod.ModelConfig(**mod.PRESETS["1m"])  # fused shapes hold the same weights as the separate ones
+    assert sum(o * i for o, i in mod.shapes(cfg, True)) == sum(o * i for o, i in mod.shapes(cfg, False))
