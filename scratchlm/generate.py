@@ -176,7 +176,7 @@ def _last_logits(model: Transformer, ids: torch.Tensor, valid: torch.Tensor, sta
         hidden = model(ids, position_ids=positions, mask=mask, cache=cache)
     if cache is not None:
         cache.pos = end
-    return model.head(hidden[:, -1]).float()
+    return model.head(hidden[:, -1], cache).float()
 
 
 @contextlib.contextmanager

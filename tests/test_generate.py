@@ -81,6 +81,13 @@ def test_decode_pack_serves_cached_inference_only_and_matches_the_modules(model)
         m.layers[1].mlp.up_proj.weight.mul_(1.5)  # in place: the pack must be remade
         m.lm_head.weight.add_(0.01)
         torch.testing.assert_close(cached_logits(), m.logits(idx), atol=1e-5, rtol=1e-5)
+        m.layers[0].attn_norm.weight.mul_(0.5)  # the norm gains are folded into the pack too
+        m.layers[1].mlp_norm.weight.add_(0.25)
+        torch.testing.assert_close(cached_logits(), m.logits(idx), atol=1e-5, rtol=1e-5)
+        # a generation looks the pack up once, on its cache, not at every step
+        cache = KVCache(CFG, 2, 9, "cpu", torch.float32)
+        m(idx[:, :8], cache=cache)
+        assert cache.packs is m._decode_pack()
     assert m._decode_pack() is None  # autograd on
     with torch.no_grad():
         m.train()
