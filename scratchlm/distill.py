@@ -479,6 +479,7 @@ def _run_seq2seq(cfg: DistillConfig, folder: Path, tconf: dict, log) -> dict:
     run_config = {"task": scfg.task, "scratchlm_version": __version__, "tokenizer_fingerprint": tok.fingerprint,
                   "model": to_dict(student.cfg), "src_lang": data.src_lang, "tgt_lang": data.tgt_lang,
                   "max_target_tokens": scfg.max_target_tokens, "source_head_fraction": scfg.source_head_fraction,
+                  "max_source_tokens": scfg.max_source_tokens,
                   "decode": to_dict(scfg.decode), "recipe": to_dict(scfg), "backbone": tconf.get("backbone"),
                   "distill": record}
     flops = student.flops_per_token() + tmodel.flops_per_token() / 3  # + the teacher's forward pass

@@ -77,6 +77,10 @@ class Seq2SeqConfig:
     data: Seq2SeqDataConfig = field(default_factory=Seq2SeqDataConfig)
     max_target_tokens: int = 64  # longer targets are cut (and counted)
     source_head_fraction: float = 1.0  # a source too long for the context keeps its beginning (1.0) or head+tail
+    # Cut every source (train, validation and test alike) to this many tokens, as max_source_len does for the
+    # RNN baselines: where the output depends on the source's beginning (an e-mail's subject line) a long
+    # tail costs compute and teaches little. None: only the context length cuts.
+    max_source_tokens: int | None = None
     dropout: float | None = None  # the decoder's residual dropout while fine-tuning; None: as pretrained
     packing: bool = True
     pack_length: int | None = None  # packed row length (None: the model's block_size); 128 suits short pairs
@@ -149,7 +153,8 @@ class LoadedSeq2Seq:
             block = self.model.cfg.block_size
         examples, report = encode_pairs(self.tokenizer, sources, None, prefix, block_size=block,
                                         max_target_tokens=self.config["max_target_tokens"],
-                                        head_fraction=self.config.get("source_head_fraction", 1.0))
+                                        head_fraction=self.config.get("source_head_fraction", 1.0),
+                                        max_source_tokens=self.config.get("max_source_tokens"))
         if report.dropped_empty:
             raise ValueError(f"{report.dropped_empty} empty source line(s), first at line {report.dropped[0] + 1}")
         return [e.prompt for e in examples], report.source_truncated
@@ -173,7 +178,10 @@ class LoadedSeq2Seq:
             return full
         prompts, cut = self.prompts(sources)
         if cut:
-            warnings.warn(f"{cut} source(s) longer than the context were truncated", stacklevel=2)
+            limit = self.config.get("max_source_tokens")
+            warnings.warn(f"{cut} source(s) longer than the context"
+                          + (f" or the model's max_source_tokens ({limit})" if limit else "") + " were truncated",
+                          stacklevel=2)
         cfg = decode.beam(num_beams)
         order = np.argsort([-len(p) for p in prompts], kind="stable")
         out: list[str] = [""] * len(prompts)
@@ -251,7 +259,8 @@ def headline(task: str, scores: dict) -> str:
 def _examples(tok, split: ParallelSplit, prefix: list[int], cfg: Seq2SeqConfig, block: int
               ) -> tuple[list[Example], dict]:
     exs, rep = encode_pairs(tok, split.sources, split.targets, prefix, block_size=block,
-                            max_target_tokens=cfg.max_target_tokens, head_fraction=cfg.source_head_fraction)
+                            max_target_tokens=cfg.max_target_tokens, head_fraction=cfg.source_head_fraction,
+                            max_source_tokens=cfg.max_source_tokens)
     return exs, {"examples": rep.examples, "source_truncated": rep.source_truncated,
                  "target_truncated": rep.target_truncated, "dropped_empty": rep.dropped_empty}
 
@@ -347,6 +356,7 @@ def run(cfg: Seq2SeqConfig, log=print) -> dict:
     run_config = {"task": cfg.task, "scratchlm_version": __version__, "tokenizer_fingerprint": tok.fingerprint,
                   "model": to_dict(model.cfg), "src_lang": data.src_lang, "tgt_lang": data.tgt_lang,
                   "max_target_tokens": cfg.max_target_tokens, "source_head_fraction": cfg.source_head_fraction,
+                  "max_source_tokens": cfg.max_source_tokens,
                   "decode": to_dict(cfg.decode), "recipe": to_dict(cfg),
                   "backbone": {"folder": str(pretrained.folder), "data": pretrained.config.get("data"),
                                "backbone": pretrained.config.get("backbone")}}
@@ -373,6 +383,8 @@ def _run_rnn(cfg: Seq2SeqConfig, out: Path, data: ParallelData, tok, pretrained,
     rcfg.cell, rcfg.vocab_size = cfg.kind, tok.vocab_size
     rcfg.pad_id, rcfg.bos_id, rcfg.eos_id = tok.pad_id, tok.bos_id, tok.eos_id
     rcfg.max_target_len = cfg.max_target_tokens + 1
+    if cfg.max_source_tokens is not None:  # one knob cuts every model's sources alike
+        rcfg.max_source_len = min(rcfg.max_source_len, cfg.max_source_tokens)
     rcfg.validate()
 
     def pairs(split: ParallelSplit) -> list[tuple[list[int], list[int]]]:
@@ -392,7 +404,8 @@ def _run_rnn(cfg: Seq2SeqConfig, out: Path, data: ParallelData, tok, pretrained,
     run_config = {"task": cfg.task, "kind": cfg.kind, "scratchlm_version": __version__,
                   "tokenizer_fingerprint": tok.fingerprint, **model.config_dict(), "src_lang": data.src_lang,
                   "tgt_lang": data.tgt_lang, "max_target_tokens": cfg.max_target_tokens,
-                  "source_head_fraction": cfg.source_head_fraction, "decode": to_dict(cfg.decode),
+                  "source_head_fraction": cfg.source_head_fraction,
+                  "max_source_tokens": cfg.max_source_tokens, "decode": to_dict(cfg.decode),
                   "recipe": to_dict(cfg)}
     trainer = Trainer(cfg.train, task, run_config=run_config, tokenizer=tok)
     result = trainer.fit()

@@ -175,3 +175,16 @@ def test_encode_pairs_truncates_and_reports(prepared):
     assert all(len(e) <= 65 for e in exs) and exs[0].prompt[-1] == tok.sep_id and exs[0].target[-1] == tok.eos_id
     with pytest.raises(ValueError, match="fr"):
         prompt_prefix(tok, "translate", "fr", "de")
+
+
+def test_max_source_tokens_cuts_every_source_to_its_head(prepared):
+    """``max_source_tokens`` cuts sources that fit the context too, keeping their beginning, and counts them."""
+    tok = prepared.tokenizer
+    prefix = [tok.bos_id]
+    sources = ["one two three four five six seven eight nine ten eleven twelve", "Hi"]
+    full, _ = encode_pairs(tok, sources, ["a", "b"], prefix, block_size=64, max_target_tokens=8)
+    cut, rep = encode_pairs(tok, sources, ["a", "b"], prefix, block_size=64, max_target_tokens=8,
+                            max_source_tokens=4)
+    assert len(full[0].prompt) > 6 and rep.source_truncated == 1
+    assert cut[0].prompt == full[0].prompt[:5] + [tok.sep_id]  # bos + the first 4 source tokens + sep
+    assert cut[1].prompt == full[1].prompt and cut[0].target == full[0].target

@@ -62,10 +62,11 @@ class EncodeReport:
 
 
 def encode_pairs(tokenizer, sources: Sequence[str], targets: Sequence[str] | None, prefix: list[int], *,
-                 block_size: int, max_target_tokens: int, head_fraction: float = 1.0
-                 ) -> tuple[list[Example], EncodeReport]:
-    """Token examples; a source too long for the context keeps its head (``head_fraction`` of the room;
-    1.0 = the beginning only) and tail, a target longer than ``max_target_tokens`` is cut (and counted)."""
+                 block_size: int, max_target_tokens: int, head_fraction: float = 1.0,
+                 max_source_tokens: int | None = None) -> tuple[list[Example], EncodeReport]:
+    """Token examples; a source too long for the context (or longer than ``max_source_tokens``) keeps its
+    head (``head_fraction`` of the room; 1.0 = the beginning only) and tail, a target longer than
+    ``max_target_tokens`` is cut (and counted)."""
     sep, eos = tokenizer.sep_id, tokenizer.eos_id
     report = EncodeReport()
     src_ids = tokenizer.encode_batch(list(sources))
@@ -83,6 +84,8 @@ def encode_pairs(tokenizer, sources: Sequence[str], targets: Sequence[str] | Non
         if room < 1:
             raise ValueError(f"block_size {block_size} leaves no room for the source after a target of "
                              f"{len(t)} tokens; lower max_target_tokens")
+        if max_source_tokens is not None:
+            room = min(room, max_source_tokens)
         if len(s) > room:
             s = truncate_head_tail(s, room, head_fraction)
             report.source_truncated += 1
