@@ -333,8 +333,7 @@ class Transformer(nn.Module):
 
     def _cache_packs(self, cache) -> list[dict] | None:
         """The decode packs for a forward pass with ``cache``: looked up on the cache's first use and kept on
-        it (the weights do not change within one generation), re-checked only if autograd or training mode
-        was switched on since."""
+        it (the weights do not change within one generation); none while autograd or training mode is on."""
         if not isinstance(cache, KVCache) or self.training or torch.is_grad_enabled():
             return None
         if cache.packs is False:
@@ -347,10 +346,10 @@ class Transformer(nn.Module):
         A decode step multiplies one row by every weight matrix, and there the layout decides the speed: a
         column-major ``(out, in)`` matrix (the ``(in, out)`` matrix, contiguous) streams through the
         GEMV faster than PyTorch's row-major ``nn.Linear`` weight on x86 CPUs, and fusing q/k/v and
-        gate/up saves three matmuls and their dispatch per block. Each block's pack also carries its two
-        RMSNorm gains (multiplied into the columns of q/k/v and gate/up), the attention scale (in q) and
-        q/k in the pair order ``Block._decode`` rotates as complex numbers (``benchmarks/decode_layout.py``: 1.67x
-        less matmul time per step for runs/imdb_lm/model on the project machine). The pack is a copy
+        gate/up saves three matmuls and their dispatch per block (``benchmarks/decode_layout.py``: 1.67x
+        less matmul time per step for runs/imdb_lm/model on the project machine). Each block's pack also
+        carries its two RMSNorm gains (multiplied into the columns of q/k/v and gate/up), the attention scale
+        (in q) and q/k in the pair order ``Block._decode`` rotates as complex numbers. The pack is a copy
         (one more set of weights in memory), made on first use in inference and remade when any weight
         changes (tensor version counters), so training, loading a state dict or merging LoRA never leave
         it stale. It applies to eval-mode, no-grad, float32 CPU models (bf16 matmuls on a column-major
