@@ -13,7 +13,7 @@ import torch
 
 from . import __version__
 from .config import ConfigError, apply_overrides, from_dict, load_yaml, parse_override, to_dict
-from .data.prepare import DataConfig, prepare
+from .data.prepare import DataConfig, load_prepared, prepare
 from .data.shards import write_shard
 from .data.sources import load_texts
 from .model.transformer import PRESETS, ModelConfig, Transformer
@@ -36,6 +36,8 @@ class PretrainConfig:
     # `model` section is ignored) instead of random weights
     init: str | None = None
     pretrain: str | None = None  # the pretraining recipe that makes `init` when it does not exist yet
+    # cap on the tokens scored per held-out text after training (evenly spaced windows); None = all of it
+    final_eval_max_tokens: int | None = None
 
 
 def build_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainConfig:
@@ -55,7 +57,8 @@ def build_config(yaml_path: str | Path | None = None, overrides: list[str] | Non
     return cfg
 
 
-def _final_eval(model: Transformer, tokenizer, names: list[str], data_dir, folder: Path, log) -> dict:
+def _final_eval(model: Transformer, tokenizer, names: list[str], data_dir, folder: Path, log,
+                max_tokens: int | None = None) -> dict:
     """Bits-per-byte on named held-out texts (each split encoded once, evaluated in full)."""
     results = {}
     lengths = torch.as_tensor(token_byte_lengths(tokenizer))
@@ -71,7 +74,7 @@ def _final_eval(model: Transformer, tokenizer, names: list[str], data_dir, folde
         del shard
         tokens = np.fromfile(folder / f"eval_{source}_{split}.bin",
                              dtype=np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32)
-        results[item] = evaluate_tokens(model, tokens, lengths)
+        results[item] = evaluate_tokens(model, tokens, lengths, max_tokens=max_tokens)
     return results
 
 
@@ -94,6 +97,18 @@ def _continue_from(cfg: PretrainConfig, log):
     return base
 
 
+def _prepare_or_reuse(cfg: PretrainConfig, folder: Path, log):
+    """The run's token shards. A resumed run keeps the shards it started on, even when the recipe's data
+    section (or a default of this version) now differs: rebuilding would retrain the tokenizer and change
+    the token stream under the checkpoint."""
+    if cfg.train.resume and (folder / "prepare.json").exists():
+        saved = json.loads((folder / "prepare.json").read_text("utf-8")).get("config")
+        if saved != to_dict(cfg.data):
+            log(f"resume: keeping the data prepared in {folder} (the recipe's data section differs from it now)")
+        return load_prepared(folder)
+    return prepare(cfg.data, folder, progress=cfg.train.progress, log=log)
+
+
 def run(cfg: PretrainConfig, log=print) -> dict:
     """Pretrain end to end; returns the report written to ``<out_dir>/report.json``."""
     t0 = time.time()
@@ -105,10 +120,10 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     info = dist_utils.init(pick_device(cfg.train.device))
     base = _continue_from(cfg, log) if cfg.init else None
     if info.is_main:
-        data = prepare(cfg.data, out / "data", progress=cfg.train.progress, log=log)
+        data = _prepare_or_reuse(cfg, out / "data", log)
     dist_utils.barrier(info)
     if not info.is_main:
-        data = prepare(cfg.data, out / "data", progress=False, log=lambda *a, **k: None)
+        data = _prepare_or_reuse(cfg, out / "data", lambda *a, **k: None)
     tok = data.tokenizer
     if cfg.model.vocab_size != tok.vocab_size:
         cfg.model.vocab_size = tok.vocab_size  # the embedding table follows the tokenizer
@@ -138,9 +153,11 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         best = load_model(result.model_dir).model
         per_corpus = {}
         for name, shard in data.val_by_corpus.items():
-            per_corpus[name] = evaluate_tokens(best, np.asarray(shard.tokens), torch.as_tensor(task.token_bytes))
+            per_corpus[name] = evaluate_tokens(best, np.asarray(shard.tokens), torch.as_tensor(task.token_bytes),
+                                               max_tokens=cfg.final_eval_max_tokens)
         report["validation_by_corpus"] = per_corpus
-        report["final_eval"] = _final_eval(best, tok, cfg.final_eval, cfg.data.data_dir, out / "data", log)
+        report["final_eval"] = _final_eval(best, tok, cfg.final_eval, cfg.data.data_dir, out / "data", log,
+                                           cfg.final_eval_max_tokens)
         report["wall_seconds"] = round(time.time() - t0, 1)
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", "utf-8")
         for name, m in {**per_corpus, **report["final_eval"]}.items():

@@ -204,6 +204,15 @@ def _redact(text: str, report: CleaningReport) -> str:
     return text
 
 
+_WRAPPED_NEWLINE = re.compile(r"(?<=\S)[^\S\n]*\n(?=[^\S\n]*\S)")  # one newline between two non-blank lines
+
+
+def unwrap_lines(texts: list[str]) -> list[str]:
+    """Hard-wrapped text -> one line per paragraph: a single newline between two non-blank lines becomes a
+    space; blank lines (paragraph breaks) stay."""
+    return [_WRAPPED_NEWLINE.sub(" ", t.replace("\r\n", "\n")) for t in texts]
+
+
 def _normalize_whitespace(text: str) -> str:
     if "\r" in text:
         text = _NEWLINES.sub("\n", text)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import to_dict
 from ..tokenizer import Tokenizer, train_tokenizer
-from .clean import CleanConfig, CleaningReport, clean_texts
+from .clean import CleanConfig, CleaningReport, clean_texts, unwrap_lines
 from .registry import DATASETS
 from .shards import TokenShard, write_shard
 from .sources import DataError, load_texts
@@ -37,6 +37,11 @@ class CorpusConfig:
     column: str | None = None
     max_docs: int | None = None
     max_bytes: int | None = None  # cap the training text taken from this corpus
+    # join hard-wrapped lines inside paragraphs (Project Gutenberg wraps at ~70 characters), so a
+    # newline token means a paragraph break as it does in the other corpora
+    unwrap_lines: bool = False
+    # None = data.clean.redact_pii; a recipe can turn redaction off (or on) for one corpus
+    redact_pii: bool | None = None
 
     @classmethod
     def parse(cls, text: str) -> CorpusConfig:
@@ -196,8 +201,11 @@ def prepare(cfg: DataConfig, out: str | Path, *, progress: bool = True, log=prin
     for corpus in cfg.corpora:
         corpus.validate()
         train, val = _split_docs(cfg, corpus)
-        train, r_train = clean_texts(train, cfg.clean)
-        val, r_val = clean_texts(val, cfg.clean)
+        if corpus.unwrap_lines:
+            train, val = unwrap_lines(train), unwrap_lines(val)
+        clean_cfg = cfg.clean if corpus.redact_pii is None else replace(cfg.clean, redact_pii=corpus.redact_pii)
+        train, r_train = clean_texts(train, clean_cfg)
+        val, r_val = clean_texts(val, clean_cfg)
         if not train:
             raise DataError(f"corpus '{corpus.source}' ({corpus.split}) has no text left after cleaning")
         val_set = set(val)

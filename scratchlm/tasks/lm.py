@@ -96,8 +96,10 @@ class LMTask:
         if self.val is None:
             return np.zeros(0, dtype=np.int64)
         n = (len(self.val.tokens) - 1) // self.block_size
-        if max_windows:
-            n = min(n, max_windows)
+        if max_windows and max_windows < n:
+            # spread over the whole shard: it holds the corpora one after another, so the first windows
+            # would measure the first corpus only
+            return np.linspace(0, n - 1, max_windows).astype(np.int64) * self.block_size
         return np.arange(n, dtype=np.int64) * self.block_size
 
     @torch.no_grad()
@@ -134,11 +136,16 @@ def evaluate_windows(model, tokens, starts, block_size, token_bytes=None, batch_
     return out
 
 
-def evaluate_tokens(model, tokens: np.ndarray, token_bytes=None) -> dict[str, float]:
+def evaluate_tokens(model, tokens: np.ndarray, token_bytes=None, max_tokens: int | None = None) -> dict[str, float]:
+    """Score ``tokens`` in non-overlapping windows; ``max_tokens`` caps the windows, evenly spaced."""
     block = model.cfg.block_size
     if len(tokens) < 2:
         raise ValueError("need at least 2 tokens to evaluate")
     if len(tokens) <= block + 1:
         return evaluate_windows(model, tokens, np.array([0]), len(tokens) - 1, token_bytes, 1)
-    starts = np.arange((len(tokens) - 1) // block) * block
+    n = (len(tokens) - 1) // block
+    if max_tokens is not None and max_tokens // block < n:
+        return evaluate_windows(model, tokens, np.linspace(0, n - 1, max(1, max_tokens // block)).astype(np.int64)
+                                * block, block, token_bytes)
+    starts = np.arange(n) * block
     return evaluate_windows(model, tokens, starts, block, token_bytes)

@@ -20,7 +20,10 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    # wsd = warmup-stable-decay: constant LR, then a linear decay over the last `decay_fraction` of the
+    # horizon, so a long run can stop, resume or be extended anywhere before its decay starts
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    decay_fraction: float = 0.2
     decay_steps: int | None = None  # horizon of the decay; None = max_steps, or the steps that fit max_time_s
     budget_calibration_steps: int = 10  # with max_time_s: steps timed to estimate how many fit the budget
     weight_decay: float = 0.1
@@ -60,5 +63,7 @@ class TrainConfig:
             raise ValueError(f"train.lr must be positive, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ValueError(f"train.decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if self.warmup_steps < 0:
             raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")

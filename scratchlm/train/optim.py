@@ -39,7 +39,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def lr_at(step: int, cfg: TrainConfig, horizon: int | None = None) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine/linear/constant.
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine/linear/constant/wsd.
 
     The decay ends at ``horizon`` if given (the trainer's estimate of how many steps fit a time budget),
     else at ``decay_steps``, else at ``max_steps``."""
@@ -52,4 +52,9 @@ def lr_at(step: int, cfg: TrainConfig, horizon: int | None = None) -> float:
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps))
     if cfg.schedule == "linear":
         return cfg.lr - (cfg.lr - min_lr) * progress
+    if cfg.schedule == "wsd":
+        decay_start = horizon - cfg.decay_fraction * (horizon - cfg.warmup_steps)
+        if step < decay_start:
+            return cfg.lr
+        return cfg.lr - (cfg.lr - min_lr) * min(1.0, (step - decay_start) / max(1.0, horizon - decay_start))
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
