@@ -6,7 +6,7 @@ import pytest
 
 from scratchlm.data.clean import CleanConfig, CleaningReport, clean_text, clean_texts
 
-PLAIN = CleanConfig(unicode_form=None, strip_html=False, normalize_whitespace=False, dedup=False)
+PLAIN = CleanConfig(unicode_form=None, strip_html=False, normalize_whitespace=False, dedup=False, redact_pii=False)
 
 
 def test_imdb_br_tags_become_newlines_and_are_counted() -> None:
@@ -66,9 +66,10 @@ def test_redaction_counts_each_kind() -> None:
     )
     out, report = clean_texts([text], CleanConfig(redact_pii=True))
     assert out == [
-        "Mail [EMAIL] or see [URL]. Visit [URL], call [PHONE], [PHONE] or [PHONE]. SSN [ID], 身份证号[ID]。"
+        "Mail <email> or see <url>. Visit <url>, call <phone>, <phone> or <phone>. SSN <id>, 身份证号<id>。"
     ]
-    assert report.redactions == {"email": 1, "phone": 3, "url": 2, "id_number": 2}
+    assert report.redactions == {"email": 1, "phone": 3, "url": 2, "id_number": 2, "credit_card": 0,
+                                 "ip_address": 0, "mac_address": 0}
 
 
 def test_redaction_leaves_years_and_plain_numbers() -> None:
@@ -84,7 +85,7 @@ def test_redaction_leaves_years_and_plain_numbers() -> None:
 
 def test_redaction_in_chinese_text_without_spaces() -> None:
     out, _ = clean_texts(["请拨打13912345678或发邮件到wang@example.cn联系我们"], CleanConfig(redact_pii=True))
-    assert out == ["请拨打[PHONE]或发邮件到[EMAIL]联系我们"]
+    assert out == ["请拨打<phone>或发邮件到<email>联系我们"]
 
 
 def test_chinese_text_passes_through() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import http.server
 import os
 import socket
@@ -32,6 +33,12 @@ EXPECTED_NAMES = {
     "aeslc",
     "csl_ts",
     "ag_news",
+    "gutenberg_en",
+    "openstax_ccby_en",
+    "shu_books_zh",
+    "lctt_zh",
+    "lawrefbook_zh",
+    "tidb_docs_zh",
 }
 
 
@@ -85,6 +92,12 @@ def test_registry_has_exactly_the_expected_datasets() -> None:
         "wikipedia_en",
         "wikipedia_zh",
         "imdb",
+        "gutenberg_en",
+        "openstax_ccby_en",
+        "shu_books_zh",
+        "lctt_zh",
+        "lawrefbook_zh",
+        "tidb_docs_zh",
     }
     assert "test" not in get_spec("imdb").pretrain_splits  # evaluation text stays out of pretraining
 
@@ -198,7 +211,8 @@ def test_download_via_url_is_cached(
     root, base_url, stop = http_root
     text = "".join(f"line {i}\n" for i in range(100))
     _write(root / "input.txt", text)
-    _patch_spec(monkeypatch, "tinyshakespeare", urls={"input.txt": f"{base_url}/input.txt"})
+    _patch_spec(monkeypatch, "tinyshakespeare", urls={"input.txt": f"{base_url}/input.txt"},
+                sha256={"input.txt": hashlib.sha256(text.encode()).hexdigest()})
     empty = tmp_path / "empty"
     empty.mkdir()
 
@@ -218,7 +232,7 @@ def test_failed_download_is_reported(online: None, monkeypatch: pytest.MonkeyPat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/input.txt"
-    _patch_spec(monkeypatch, "tinyshakespeare", urls={"input.txt": url})
+    _patch_spec(monkeypatch, "tinyshakespeare", urls={"input.txt": url}, sha256={"input.txt": "0" * 64})
     with pytest.raises(DatasetNotFoundError, match="download from http://127.0.0.1"):
         load_table("tinyshakespeare", data_dir=tmp_path)
     assert not (tmp_path / "cache" / "tinyshakespeare" / "input.txt").exists()
@@ -227,7 +241,8 @@ def test_failed_download_is_reported(online: None, monkeypatch: pytest.MonkeyPat
 def test_offline_env_blocks_download(http_root, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     root, base_url, _ = http_root
     _write(root / "input.txt", "never fetched")
-    _patch_spec(monkeypatch, "tinyshakespeare", urls={"input.txt": f"{base_url}/input.txt"})
+    _patch_spec(monkeypatch, "tinyshakespeare", urls={"input.txt": f"{base_url}/input.txt"},
+                sha256={"input.txt": "0" * 64})
     monkeypatch.delenv("SCRATCHLM_OFFLINE")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DatasetNotFoundError, match="HF_HUB_OFFLINE"):
@@ -243,14 +258,15 @@ def test_hub_fallback_maps_columns_and_caches_parquet(
         def to_pandas(self) -> pd.DataFrame:
             return pd.DataFrame({"review": ["good", "bad"], "label": [1, 0]})
 
-    def load_dataset(hf_id: str, config: str | None, split: str) -> FakeDataset:
-        calls.append((hf_id, config, split))
+    def load_dataset(hf_id: str, config: str | None, split: str, revision: str | None = None) -> FakeDataset:
+        calls.append((hf_id, config, split, revision))
         return FakeDataset()
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     _patch_spec(monkeypatch, "imdb", hf_columns={"review": "text"})
     assert load_texts("imdb", "test", data_dir=tmp_path) == ["good", "bad"]
-    assert calls == [("stanfordnlp/imdb", None, "test")]
+    assert calls == [("stanfordnlp/imdb", None, "test", registry.DATASETS["imdb"].hf_revision)]
+    assert len(calls[0][3]) == 40  # a pinned commit, not a branch
     assert (tmp_path / "cache" / "imdb" / "test.parquet").is_file()
 
 

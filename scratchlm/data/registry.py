@@ -3,12 +3,23 @@
 A :class:`DatasetSpec` only describes a dataset; :mod:`scratchlm.data.sources` does the reading. File
 names and columns match the shared data folder (``$SCRATCHLM_DATA_DIR/<folder>/<file>``, see its README)
 and, where one exists, the dataset's Hugging Face version, so a download lands in the same layout.
+
+Downloads are pinned: every URL names a fixed commit and comes with the sha256 of its file (checked after
+the download, see :func:`scratchlm.data.sources.fetch_url`), and the Hugging Face fallback loads a fixed
+hub commit (``hf_revision``). Hub ids without a known commit have ``hf_revision=None``, which disables
+their hub fallback instead of reading whatever the branch head is that day: ``sms_spam``
+(ucirvine/sms_spam), ``chnsenticorp`` (seamew/ChnSentiCorp) and ``aeslc`` (Yale-LILY/aeslc) -- fill them
+in once looked up (``huggingface_hub.HfApi().dataset_info(id).sha``); they are in the data folder anyway.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 class UnknownDatasetError(KeyError, ValueError):
@@ -32,8 +43,12 @@ class DatasetSpec:
     label_names: tuple[str, ...] | None = None
     hf_id: str | None = None
     hf_config: str | None = None
-    # file name -> official download URL; files without one fall back to the Hugging Face hub
+    # file name -> official download URL, pinned to a commit; files without one fall back to the hub
     urls: dict[str, str] = field(default_factory=dict)
+    # file name -> sha256 (hex) of the file behind ``urls``: required for each URL, checked after download
+    sha256: dict[str, str] = field(default_factory=dict)
+    # the hub commit ``load_dataset(..., revision=)`` reads; None: not pinned, so no hub fallback
+    hf_revision: str | None = None
     license: str = "unknown"
     # fine to use as generic pretraining text (see ``pretrain_splits`` for which splits)
     general_text: bool = False
@@ -49,6 +64,14 @@ class DatasetSpec:
     def __post_init__(self) -> None:
         if not self.folder:
             object.__setattr__(self, "folder", self.name)  # frozen: set the default through object
+        for file_name, url in self.urls.items():  # an unchecked download is a bug in the registry
+            digest = self.sha256.get(file_name)
+            if digest is None or not _SHA256.fullmatch(digest):
+                raise ValueError(f"dataset {self.name!r}: download URL {url} for {file_name!r} needs a sha256 "
+                                 f"(64 lowercase hex digits) in sha256={{...}}, got {digest!r}")
+        if self.hf_revision is not None and not _COMMIT.fullmatch(self.hf_revision):
+            raise ValueError(f"dataset {self.name!r}: hf_revision must be a full 40-character commit sha, not a "
+                             f"branch or tag, got {self.hf_revision!r}")
 
     @property
     def split_names(self) -> tuple[str, ...]:
@@ -67,8 +90,10 @@ class DatasetSpec:
         return self.splits[split]
 
 
+# the commit the shared data folder's copy was taken from (its README); same bytes as the old master link
 _TINYSHAKESPEARE_URL = (
-    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+    "https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/"
+    "data/tinyshakespeare/input.txt"
 )
 # pytorch/examples ships the WikiText-2 v1 token files byte-identically (the original Salesforce zip is gone)
 _WIKITEXT2_URL = (
@@ -83,6 +108,7 @@ _SPECS: list[DatasetSpec] = [
         splits={"train": "input.txt", "validation": "input.txt"},
         text_column="text",
         urls={"input.txt": _TINYSHAKESPEARE_URL},
+        sha256={"input.txt": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"},
         license="public domain (char-rnn: MIT)",
         general_text=True,
         pretrain_splits=("train",),
@@ -176,9 +202,14 @@ _SPECS: list[DatasetSpec] = [
         text_column="text",
         hf_id="Salesforce/wikitext",
         hf_config="wikitext-2-v1",
+        hf_revision="b08601e04326c79dfdd32d625aee71d232d685c3",
         urls={
             "wiki.valid.tokens": _WIKITEXT2_URL.format("valid"),
             "wiki.test.tokens": _WIKITEXT2_URL.format("test"),
+        },
+        sha256={
+            "wiki.valid.tokens": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+            "wiki.test.tokens": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
         },
         license="CC BY-SA 3.0 / GFDL",
         folder="wikitext",
@@ -193,6 +224,7 @@ _SPECS: list[DatasetSpec] = [
         label_column="label",
         label_names=("neg", "pos"),
         hf_id="stanfordnlp/imdb",
+        hf_revision="e6281661ce1c48d982bc483cf8a173c1bbeb5d31",
         license="research use (no formal licence)",
         general_text=True,
         pretrain_splits=("train", "unsupervised"),
@@ -205,6 +237,7 @@ _SPECS: list[DatasetSpec] = [
         label_column="label",
         label_names=("ham", "spam"),
         hf_id="ucirvine/sms_spam",
+        hf_revision=None,  # commit not looked up yet: no hub fallback (see the module docstring)
         license="CC BY 4.0",
     ),
     DatasetSpec(
@@ -227,6 +260,7 @@ _SPECS: list[DatasetSpec] = [
         label_column="label",
         label_names=("negative", "positive"),
         hf_id="seamew/ChnSentiCorp",
+        hf_revision=None,  # commit not looked up yet: no hub fallback
         license="non-commercial research/teaching (Baidu LUGE agreement)",
     ),
     DatasetSpec(
@@ -236,6 +270,7 @@ _SPECS: list[DatasetSpec] = [
         text_column="email_body",
         target_column="subject_line",
         hf_id="Yale-LILY/aeslc",
+        hf_revision=None,  # commit not looked up yet: no hub fallback
         license="CC BY-NC-SA 4.0",
     ),
     DatasetSpec(
@@ -256,6 +291,7 @@ _SPECS: list[DatasetSpec] = [
         label_column="label",
         label_names=("World", "Sports", "Business", "Sci/Tech"),
         hf_id="fancyzhx/ag_news",
+        hf_revision="eb185aade064a813bc0b7f42de02595523103ca4",
         license="non-commercial research/education",
     ),
 ]

@@ -1,7 +1,9 @@
 """Load a dataset (registry name) or your own files into a pandas DataFrame, or straight into a list of texts.
 
 A registry name is looked up as ``<data_dir>/<folder>/<file>``, then ``<cache_dir>/<folder>/<file>``, then
-downloaded (official URL, else the Hugging Face hub) into the cache. A path may be a ``.txt``, ``.jsonl``,
+downloaded (official URL, else the Hugging Face hub) into the cache: the URL is pinned to a commit and the file
+must match the registry's sha256 (a mismatch deletes it and raises :class:`DownloadIntegrityError`); the hub
+is read at the registry's pinned ``hf_revision`` only. A path may be a ``.txt``, ``.jsonl``,
 ``.csv``, ``.parquet`` (or WikiText ``.tokens``) file, or a folder of them. Malformed input raises
 :class:`DataError` naming the file and line.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import io
 import json
 import logging
@@ -44,6 +47,10 @@ class DataError(ValueError):
 
 class DatasetNotFoundError(DataError):
     """A registered dataset that is neither on disk nor downloadable; the message lists every place tried."""
+
+
+class DownloadIntegrityError(DataError):
+    """A downloaded file whose sha256 is not the registry's: it was deleted; the message names both hashes."""
 
 
 # ----------------------------------------------------------------------------------------------- locations
@@ -187,9 +194,10 @@ def _find_or_fetch(
         fetchers: list[tuple[str, Callable[[], None]]] = []
         if file_name in spec.urls:
             url = spec.urls[file_name]
-            fetchers.append((url, lambda: _download_url(url, cached)))
+            fetchers.append((url, lambda: fetch_url(url, cached, spec.sha256[file_name])))
         if spec.hf_id:
-            fetchers.append((f"hf://{spec.hf_id}", lambda: _download_hf(spec, split, cached)))
+            where = f"hf://{spec.hf_id}@{spec.hf_revision or '(no pinned revision)'}"
+            fetchers.append((where, lambda: _download_hf(spec, split, cached)))
         if not fetchers:
             tried.append("download: this dataset has no download URL or Hugging Face id")
         for where, fetch in fetchers:
@@ -227,13 +235,32 @@ def _atomic_write(dest: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _download_url(url: str, dest: Path) -> None:
+def _urlopen(url: str):
+    """The network call of :func:`fetch_url` (tests replace it)."""
+    return urllib.request.urlopen(url, timeout=60)
+
+
+def fetch_url(url: str, dest: Path, sha256: str) -> None:
+    """Download ``url`` to ``dest`` through a temp file in the same folder, check its sha256, then rename.
+
+    A mismatch (or an empty or interrupted download) deletes the temp file, so nothing half-written or
+    unverified ever sits in the cache; the :class:`DownloadIntegrityError` names the URL and both hashes."""
+    expected = sha256.lower()
+
     def write(tmp: Path) -> None:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+        digest = hashlib.sha256()
+        with _urlopen(url) as response, open(tmp, "wb") as out:
             while chunk := response.read(1 << 20):
+                digest.update(chunk)
                 out.write(chunk)
         if tmp.stat().st_size == 0:
             raise DataError(f"{url} returned an empty file")
+        if digest.hexdigest() != expected:
+            raise DownloadIntegrityError(
+                f"{url}: downloaded file has sha256 {digest.hexdigest()}, expected {expected} (the registry's "
+                f"pin); the download was deleted. The file at that address changed or the transfer was "
+                f"corrupted: retry, or put a verified copy in the data dir"
+            )
 
     _atomic_write(dest, write)
 
@@ -245,7 +272,12 @@ def _download_hf(spec: DatasetSpec, split: str, dest: Path) -> None:
         raise RuntimeError(
             "the Hugging Face `datasets` package is not installed (pip install 'scratchlm[hub]')"
         ) from e
-    df = datasets.load_dataset(spec.hf_id, spec.hf_config, split=split).to_pandas()
+    if spec.hf_revision is None:
+        raise DataError(
+            f"no pinned hub revision for {spec.hf_id} (hf_revision in scratchlm/data/registry.py), so the hub "
+            "fallback is off: the branch head can change under a run"
+        )
+    df = datasets.load_dataset(spec.hf_id, spec.hf_config, split=split, revision=spec.hf_revision).to_pandas()
     df = df.rename(columns=spec.hf_columns)
     if (
         dest.suffix == ".tokens"

@@ -2,8 +2,31 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
+
+
+def check_budget(name: str, value: object, *, integer: bool = False) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is a positive, finite number (an int if ``integer``).
+
+    For every budget of a run -- steps, seconds, epochs, minutes: zero or a negative budget would train
+    nothing and still save a random-weight "model", so it is an error, not a no-op."""
+    kind = "integer" if integer else "number"
+    wanted = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, wanted):
+        raise ValueError(f"{name} must be a positive {kind}, got {value!r}")
+    if not value > 0:  # also catches NaN
+        raise ValueError(f"{name} must be positive, got {value}")
+    if math.isinf(value):
+        raise ValueError(f"{name} must be finite, got {value} (leave it unset for no limit)")
+
+
+def check_epochs(epochs: float | None, name: str = "epochs") -> None:
+    """``epochs`` (``None`` = not used) must be a positive number: 0 or -1 epochs is not a run."""
+    if epochs is not None:
+        check_budget(name, epochs)
 
 
 @dataclass
@@ -53,8 +76,12 @@ class TrainConfig:
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"  # under torchrun
 
     def validate(self) -> None:
-        if self.max_steps <= 0:
-            raise ValueError(f"train.max_steps must be positive, got {self.max_steps}")
+        # budgets: whichever comes first stops the run, so each one that is set must allow some training
+        check_budget("train.max_steps", self.max_steps, integer=True)
+        if self.max_time_s is not None:
+            check_budget("train.max_time_s", self.max_time_s)
+        if self.decay_steps is not None:
+            check_budget("train.decay_steps", self.decay_steps, integer=True)
         if self.micro_batch_size <= 0:
             raise ValueError(f"train.micro_batch_size must be positive, got {self.micro_batch_size}")
         if self.global_batch_size is not None and self.global_batch_size <= 0:
