@@ -96,6 +96,41 @@ def summarize(name: str, size: dict, vocab: int, budget: float, report: dict, bl
             "by_corpus": {k: round(v.get("val_bpb", math.nan), 4) for k, v in per_corpus.items()}}
 
 
+def fit_and_extrapolate(rows: list[dict], target_flops: float, vocab: int, block: int) -> dict | None:
+    """Chinchilla's approach 3 on our points: fit bpb(N, D) = E + A / N^alpha + B / D^beta to the runs of
+    one vocabulary, then pick the shape whose predicted bpb is lowest at ``target_flops``.
+
+    With a handful of short runs the fit is loose; the table prints it beside the D = 20 N rule of thumb."""
+    import numpy as np
+    from scipy.optimize import least_squares
+
+    pts = [r for r in rows if r["vocab"] == vocab and r["val_bpb"]]
+    if len(pts) < 6:
+        return None
+    n = np.array([r["params"] for r in pts], dtype=float)
+    d = np.array([r["tokens"] for r in pts], dtype=float)
+    y = np.array([r["val_bpb"] for r in pts], dtype=float)
+
+    def predict(theta, n, d):
+        e, log_a, alpha, log_b, beta = theta
+        return e + np.exp(log_a) / n ** alpha + np.exp(log_b) / d ** beta
+
+    fit = least_squares(lambda t: predict(t, n, d) - y, x0=[1.0, 3.0, 0.3, 5.0, 0.3],
+                        bounds=([0.0, -10, 0.05, -10, 0.05], [3.0, 30, 1.0, 30, 1.0]))
+    candidates = []
+    for layers in (2, 4, 6, 8, 10, 12):
+        for width in (128, 192, 256, 320, 384, 448, 512):
+            size = parse_size(f"{layers}x{width}")
+            params, fpt = model_stats(size, vocab, block)
+            tokens = target_flops / fpt
+            candidates.append({"shape": f"{layers}x{width}", "params": params, "tokens": tokens,
+                               "tokens_per_param": tokens / params,
+                               "predicted_bpb": float(predict(fit.x, params, tokens))})
+    candidates.sort(key=lambda c: c["predicted_bpb"])
+    return {"vocab": vocab, "target_flops": target_flops, "residual_rms": float(np.sqrt(np.mean(fit.fun ** 2))),
+            "E": fit.x[0], "alpha": fit.x[2], "beta": fit.x[4], "best": candidates[:5]}
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -130,7 +165,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="4x192,6x256,8x320")
     ap.add_argument("--vocabs", default="16384", help="vocabulary sizes tried at every size")
     ap.add_argument("--extra", default="6x256@8192", help="more SIZE@VOCAB pairs (e.g. a second vocabulary)")
-    ap.add_argument("--budgets", default="1.2e13,3.6e13", help="training FLOPs per run")
+    ap.add_argument("--budgets", default="3.6e13,1e14", help="training FLOPs per run")
     ap.add_argument("--block", type=int, default=512)
     ap.add_argument("--batch", type=int, default=4, help="sequences per optimizer step")
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -138,6 +173,7 @@ def main() -> int:
     ap.add_argument("--eval-tokens", type=int, default=32768, help="tokens scored per held-out corpus")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--target-flops", type=float, default=6e15, help="the budget the size is chosen for")
     args = ap.parse_args()
 
     pairs = [(s, int(v)) for s in args.sizes.split(",") for v in args.vocabs.split(",")]
@@ -163,6 +199,17 @@ def main() -> int:
     for r in sorted(rows, key=lambda r: (r["budget_flops"], r["val_bpb"] or 9)):
         print(f"{r['name']:<28} {r['params'] / 1e6:>7.2f}M {r['flops']:>9.2e} {r['tokens']:>9,} "
               f"{r['tokens_per_param']:>9.2f} {r['seconds']:>8.0f} {r['val_bpb']:>7.4f}")
+    for vocab in sorted({r["vocab"] for r in rows}):
+        fitted = fit_and_extrapolate(rows, args.target_flops, vocab, args.block)
+        if fitted is None:
+            continue
+        print(f"\nfit bpb = E + A/N^alpha + B/D^beta, vocab {vocab}: E {fitted['E']:.3f}, alpha {fitted['alpha']:.3f}, "
+              f"beta {fitted['beta']:.3f}, rms residual {fitted['residual_rms']:.4f}")
+        print(f"predicted best shapes at {args.target_flops:.1e} FLOPs:")
+        for c in fitted["best"]:
+            print(f"  {c['shape']:>6} {c['params'] / 1e6:6.2f}M params  {c['tokens'] / 1e6:7.1f}M tokens "
+                  f"({c['tokens_per_param']:5.1f}/param)  bpb {c['predicted_bpb']:.3f}")
+        (Path(args.out) / f"fit_v{vocab}.json").write_text(json.dumps(fitted, indent=2) + "\n")
     if rows:
         plot(rows, Path(args.out) / "scaling.png")
         print(f"plot: {Path(args.out) / 'scaling.png'}")

@@ -1,0 +1,76 @@
+"""The base model's data and schedule: the new corpora, line unwrapping, WSD, spread validation windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import shakespeare_dir
+
+from scratchlm.data.clean import unwrap_lines
+from scratchlm.data.registry import DATASETS
+from scratchlm.data.sources import load_texts
+from scratchlm.tasks.lm import LMTask, evaluate_tokens
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.optim import lr_at
+
+NEW_CORPORA = ["gutenberg_en", "openstax_ccby_en", "shu_books_zh", "lctt_zh", "lawrefbook_zh", "tidb_docs_zh"]
+
+
+@pytest.mark.parametrize("name", NEW_CORPORA)
+def test_new_pretraining_corpora_are_registered_for_training_only(name):
+    spec = DATASETS[name]
+    assert spec.general_text and spec.pretrain_splits == ("train",)
+    assert spec.split_names == ("train",)  # prepare holds out whole documents for validation
+    assert spec.license != "unknown"
+
+
+@pytest.mark.skipif(shakespeare_dir() is None, reason="needs the shared data folder")
+def test_new_corpus_reads_from_the_data_folder():
+    texts = load_texts("tidb_docs_zh", "train", data_dir=shakespeare_dir())
+    assert len(texts) == 1083
+    assert sum(any("\u4e00" <= ch <= "\u9fff" for ch in t[:200]) for t in texts) > 1000
+
+
+def test_unwrap_lines_joins_wrapped_lines_and_keeps_paragraphs():
+    text = "It was a dark\nand stormy night.\n\nThe rain fell\r\nin torrents.\n\n\nEnd"
+    assert unwrap_lines([text]) == ["It was a dark and stormy night.\n\nThe rain fell in torrents.\n\n\nEnd"]
+    assert unwrap_lines(["one line", ""]) == ["one line", ""]
+
+
+def test_wsd_schedule_is_constant_then_decays_over_the_last_fraction():
+    cfg = TrainConfig(schedule="wsd", lr=1.0, warmup_steps=10, max_steps=110, decay_fraction=0.2, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert [lr_at(s, cfg) for s in (10, 50, 90)] == [1.0, 1.0, 1.0]  # stable until 80% of the post-warmup horizon
+    assert lr_at(100, cfg) == pytest.approx(0.55)
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+    decay = [lr_at(s, cfg) for s in range(90, 111)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    with pytest.raises(ValueError, match="decay_fraction"):
+        TrainConfig(decay_fraction=0).validate()
+
+
+class _Shard:
+    def __init__(self, tokens):
+        self.tokens, self.prefix = tokens, "mem"
+
+
+def test_validation_windows_spread_over_the_whole_shard():
+    """The validation shard holds the corpora one after another; a capped evaluation must see all of them."""
+    val = _Shard(np.arange(10_000, dtype=np.uint16))
+    task = LMTask(torch.nn.Linear(1, 1), _Shard(np.zeros(100, dtype=np.uint16)), val, block_size=10)
+    starts = task.val_windows(5)
+    assert len(starts) == 5 and starts[0] == 0 and starts[-1] >= 9_000
+    assert list(task.val_windows()) == list(range(0, 9_990, 10))
+
+
+def test_evaluate_tokens_caps_tokens_with_spread_windows():
+    from scratchlm.model.transformer import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=16, block_size=16)).eval()
+    tokens = np.random.default_rng(0).integers(0, 64, 2_000).astype(np.uint16)
+    full = evaluate_tokens(model, tokens)
+    capped = evaluate_tokens(model, tokens, max_tokens=160)
+    assert capped["val_loss"] != full["val_loss"]
+    assert abs(capped["val_loss"] - full["val_loss"]) < 0.5  # same model, a tenth of the windows
