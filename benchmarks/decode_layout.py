@@ -1,6 +1,6 @@
 """Why the decode step packs its weights: one-row matmuls (a batch-1 decode step) over a model's weight
 shapes, with the weights as ``nn.Linear`` keeps them (row-major ``(out, in)``) or column-major, each matrix
-alone or with q/k/v and gate/up fused, as ``Transformer._decode_pack`` does.
+alone or with q/k/v and gate/up fused, as ``scratchlm.infer.decode_pack`` does.
 
     python benchmarks/decode_layout.py --model runs/imdb_lm/model --threads 2
 
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model:
-        from scratchlm.train import checkpoint as ckpt
+        from scratchlm.model import checkpoint as ckpt
 
         fields = ckpt.read_config(ckpt.resolve(args.model))["model"]
         cfg = ModelConfig(**{k: v for k, v in fields.items() if k in ModelConfig.__dataclass_fields__})

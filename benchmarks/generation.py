@@ -26,14 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from scratchlm.generate import SamplingConfig, generate  # noqa: E402
+from scratchlm.infer.generate import SamplingConfig, generate  # noqa: E402
 from scratchlm.model.transformer import PRESETS, Transformer, preset  # noqa: E402
 from scratchlm.train.hardware import peak_rss_mb  # noqa: E402
 
 
 def load_model(folder: str) -> Transformer:
     """A trained model folder, loaded and checked like everywhere else in scratchlm."""
-    from scratchlm.model.io import load_model as project_load
+    from scratchlm.model.folder import load_model as project_load
 
     return project_load(folder).model
 

@@ -34,7 +34,7 @@ PROMPT_TEXT = ("I went to see this film on a rainy afternoon with low expectatio
 def prepare(model: Path, work: Path, forms: list[str], log=print) -> dict[str, Path]:
     """Export / quantize ``model`` into ``work`` for the forms that need it; returns form -> path."""
     from scratchlm.export import export
-    from scratchlm.quantize import quantize_folder
+    from scratchlm.infer.quantize import quantize_folder
 
     work.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"ours-fp32": model, "ours-bf16": model}
@@ -81,11 +81,11 @@ class Runner:
         self.torch = torch
         if form.startswith("ours"):
             if classifier:
-                from scratchlm.classify import load_classifier
+                from scratchlm.infer.classify import load_classifier
 
                 self.model = load_classifier(path).model
             else:
-                from scratchlm.model.io import load_model
+                from scratchlm.model.folder import load_model
 
                 self.model = load_model(path).model
             if form == "ours-bf16":
@@ -110,7 +110,7 @@ class Runner:
     def generate(self, prompts: list[list[int]], n: int) -> list[list[int]]:
         torch = self.torch
         if self.form.startswith("ours"):
-            from scratchlm.generate import SamplingConfig, generate
+            from scratchlm.infer.generate import SamplingConfig, generate
 
             return generate(self.model, prompts, SamplingConfig(max_new_tokens=n, temperature=0), eos_id=None)
         if self.form == "hf":
@@ -198,9 +198,9 @@ def run_classifier_form(form: str, path: Path, args) -> dict:
 
     from scratchlm.config import from_dict
     from scratchlm.data.clean import CleanConfig, clean_text
+    from scratchlm.model import checkpoint as ckpt
     from scratchlm.tasks.classify import encode_texts
     from scratchlm.tokenizer import Tokenizer
-    from scratchlm.train import checkpoint as ckpt
 
     folder = ckpt.resolve(args.classifier)  # the source model's tokenizer and text preparation
     config, tokenizer = ckpt.read_config(folder), Tokenizer.load(folder)

@@ -5,14 +5,14 @@
     python benchmarks/seq2seq_decoding.py --model M --input sources.txt --json
     python benchmarks/seq2seq_decoding.py --tiny decoder gru --sentences 8     # self-test on random tiny models
 
-Every model (a fine-tuned decoder or a GRU/LSTM baseline folder, loaded with ``scratchlm.seq2seq.load_seq2seq``)
+Every model (a fine-tuned decoder or a GRU/LSTM baseline folder, loaded with ``scratchlm.infer.seq2seq.load_seq2seq``)
 decodes the same kind of input, side by side in one process: the first ``--sentences`` sources of the model's
 own recipe test split (rebuilt with ``load_parallel`` from config.json ``recipe.data``, the seeded split it was
 trained around) or of ``--input`` (one source per line, blank lines skipped). For every model x decoding mode
 (``--beams``: 1 = greedy, K = beam search with K beams) x batch size (``--batch-sizes``):
 
 * one untimed warm-up batch (the first ``batch`` sources), then one timed
-  ``LoadedSeq2Seq.generate(sources, decode, num_beams=K)`` over all the sources: tokenization, length-sorted
+  ``Seq2SeqModel.generate(sources, decode, num_beams=K)`` over all the sources: tokenization, length-sorted
   batching, the search and detokenization, exactly what ``scratchlm translate`` / ``evaluate`` run;
 * the decoding settings are the model's own (config.json ``decode``: length penalty, n-gram ban, length
   limits) with the batch size of the row (and ``--max-new-tokens`` when given);
@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from scratchlm import __version__  # noqa: E402
 from scratchlm.config import from_dict, to_dict  # noqa: E402
 from scratchlm.data.parallel import Seq2SeqDataConfig, load_parallel  # noqa: E402
-from scratchlm.seq2seq import DecodeConfig, LoadedSeq2Seq, Seq2SeqConfig, load_seq2seq  # noqa: E402
+from scratchlm.infer.seq2seq import DecodeConfig, Seq2SeqModel, load_seq2seq  # noqa: E402
+from scratchlm.stages.seq2seq import Seq2SeqConfig  # noqa: E402
 from scratchlm.tokenizer import Tokenizer  # noqa: E402
 from scratchlm.train.hardware import peak_rss_mb  # noqa: E402
 
@@ -93,11 +94,11 @@ class _CountingTokenizer:
         return getattr(self._tok, name)
 
 
-def model_kind(loaded: LoadedSeq2Seq) -> str:
+def model_kind(loaded: Seq2SeqModel) -> str:
     return loaded.config.get("kind") or "decoder"
 
 
-def recipe_sources(loaded: LoadedSeq2Seq, data_dir: str | None, cache: dict) -> tuple[list[str], str]:
+def recipe_sources(loaded: Seq2SeqModel, data_dir: str | None, cache: dict) -> tuple[list[str], str]:
     """The model's recipe test split (sources and the split's name), rebuilt as ``evaluate`` does."""
     recipe = (loaded.config.get("recipe") or {}).get("data")
     if not recipe:
@@ -129,7 +130,7 @@ def _label(path: str, taken: set[str]) -> str:
     return label
 
 
-def bench_model(loaded: LoadedSeq2Seq, label: str, sources: list[str], batch_sizes: list[int], beams: list[int],
+def bench_model(loaded: Seq2SeqModel, label: str, sources: list[str], batch_sizes: list[int], beams: list[int],
                 decode: DecodeConfig, log) -> list[dict]:
     counting = _CountingTokenizer(loaded.tokenizer)
     model = replace(loaded, tokenizer=counting)
@@ -176,10 +177,10 @@ def make_tiny_model(root: str | Path, kind: str = "decoder", *, tokenizer=None, 
     like a trained one (task ``translate``, languages, ``max_target_tokens``, ``decode``, and ``recipe.data``
     pointing at ``root/pairs.jsonl``, written here when missing). ``tokenizer``: default, a small BPE trained
     on the toy pairs (the same one for every kind, it is deterministic)."""
-    from scratchlm.model.seq2seq_rnn import Seq2SeqRNN, Seq2SeqRNNConfig
+    from scratchlm.baselines.seq2seq_rnn import Seq2SeqRNN, Seq2SeqRNNConfig
+    from scratchlm.model import checkpoint as ckpt
     from scratchlm.model.transformer import ModelConfig, Transformer
     from scratchlm.tokenizer import MIN_VOCAB_SIZE, train_tokenizer
-    from scratchlm.train import checkpoint as ckpt
 
     if kind not in TINY_KINDS:
         raise ValueError(f"kind must be one of {', '.join(TINY_KINDS)}, got {kind!r}")

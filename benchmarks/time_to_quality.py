@@ -96,7 +96,7 @@ def run_nanogpt(minutes: float, eval_every_s: float, data_dir: str | None) -> li
 
 def run_ours(minutes: float, out: Path, extra: list[str]) -> list[dict]:
     run_dir = out / "ours"
-    cmd = [sys.executable, "-m", "scratchlm.cli", "pretrain", "--config", "shakespeare",
+    cmd = [sys.executable, "-m", "scratchlm", "pretrain", "--config", "shakespeare",
            f"--train.out_dir={run_dir}", f"--train.max_time_s={minutes * 60}", "--train.progress=false", *extra]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)

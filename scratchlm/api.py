@@ -14,11 +14,11 @@
     mt = scratchlm.load("runs/tatoeba_en_zh/decoder/model")
     mt.translate("This is an example.")                          # also summarize() for summarization models
 
-Loading goes through the project's loaders (``model.io.load_model``, ``classify.load_classifier``,
-``seq2seq.load_seq2seq``), picked by the ``task`` recorded in the folder's ``config.json``. A method the task
-does not allow raises ``TaskError`` naming what the model can do. Lists are run as batches (one batched
-forward per step, per-row stop rules). Every method holds the model's lock while it computes, so one
-``Model`` may be shared by threads; calls from different threads run one after the other.
+``load`` takes a model folder or a published model name and goes through the one model folder loader
+(``scratchlm.model.folder``); the ``task`` recorded in the folder's ``config.json`` says what the model can
+do. A method the task does not allow raises ``TaskError`` naming what the model can do. Lists are run as
+batches (one batched forward per step, per-row stop rules). Every method holds the model's lock while it
+computes, so one ``Model`` may be shared by threads; calls from different threads run one after the other.
 
 Chat template (``scratchlm-plain-v1``): the models are pretrained on plain text with ``<|eos|>`` between
 documents and never saw a chat format, so chat is a plain-text transcript the model can continue:
@@ -37,7 +37,6 @@ end-of-text token of pretraining, the only special token the template relies on)
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,18 +44,18 @@ from pathlib import Path
 
 import torch
 
-from .generate import SamplingConfig, _StopStringFilter, generate
+from .infer.classify import Classifier
+from .infer.generate import SamplingConfig, _StopStringFilter, generate
+from .infer.seq2seq import DecodeConfig, Seq2SeqModel
+from .model.folder import LoadedModel, TaskError, load_model, read_model_config, task_of
 from .tokenizer import IncrementalDecoder
 
-TASKS = {"lm": ("generate",), "classify": ("classify",), "translate": ("translate",),
-         "summarize": ("summarize",)}
+METHODS = {"lm": ("generate",), "classify": ("classify",), "translate": ("translate",),
+           "summarize": ("summarize",)}  # what a model of each task can do
+VIEWS = {"classify": Classifier, "translate": Seq2SeqModel, "summarize": Seq2SeqModel}  # what they add to a LoadedModel
 CHAT_TEMPLATE = "scratchlm-plain-v1"
 CHAT_STOP = ("\nUser:", "\nAssistant:")
 CHAT_ROLES = ("system", "user", "assistant")
-
-
-class TaskError(ValueError):
-    """A model was asked for a task its folder was not trained for."""
 
 
 @dataclass
@@ -113,37 +112,16 @@ class GenerationRequest:
 
 def model_task(path: str | Path) -> str:
     """The task recorded in a model folder's config.json ("lm" when none is recorded)."""
-    from .train import checkpoint as ckpt
-
-    folder = Path(path)
-    if not folder.exists():
-        raise FileNotFoundError(f"model folder not found: {folder}")
-    if not (folder / "config.json").exists():
-        folder = ckpt.resolve(folder)
-    try:
-        config = json.loads((folder / "config.json").read_text("utf-8"))
-    except json.JSONDecodeError as e:
-        raise ckpt.CheckpointError(f"{folder / 'config.json'} is not valid JSON: {e}") from e
-    task = config.get("task") or "lm"
-    if task not in TASKS:
-        raise TaskError(f"{folder}/config.json: unknown task {task!r} (known: {', '.join(TASKS)})")
-    return task
+    folder, config = read_model_config(path)
+    return task_of(config, folder)
 
 
 def load(path: str | Path, *, device: str = "cpu", name: str | None = None) -> Model:
-    """Load a model folder (language model, classifier, translation or summarization model)."""
-    task = model_task(path)
-    if task == "classify":
-        from .classify import load_classifier
-
-        return Model(load_classifier(path, device), task, name)
-    if task in ("translate", "summarize"):
-        from .seq2seq import load_seq2seq
-
-        return Model(load_seq2seq(path, device), task, name)
-    from .model.io import load_model
-
-    return Model(load_model(path, device), task, name)
+    """Load a model (a folder or a published name): a language model, classifier, translation or
+    summarization model."""
+    loaded = load_model(path, device)
+    task_view = VIEWS.get(loaded.task)
+    return Model(task_view.view(loaded) if task_view else loaded, loaded.task, name)
 
 
 def format_chat(messages: Sequence[dict]) -> str:
@@ -170,13 +148,13 @@ def format_chat(messages: Sequence[dict]) -> str:
 class Model:
     """A loaded model folder and the tasks it can do; see the module docstring."""
 
-    def __init__(self, loaded, task: str, name: str | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, task: str, name: str | None = None) -> None:
         self.loaded, self.task = loaded, task
         self.folder: Path = Path(loaded.folder)
         self.config: dict = loaded.config
         self.tokenizer = loaded.tokenizer
         self.name = name or default_name(self.folder)
-        self.tasks: tuple[str, ...] = TASKS[task]
+        self.tasks: tuple[str, ...] = METHODS[task]
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -385,8 +363,6 @@ class Model:
         return self._seq2seq(texts, num_beams, max_tokens)
 
     def _seq2seq(self, texts, num_beams, max_tokens):
-        from .seq2seq import DecodeConfig
-
         items = [texts] if isinstance(texts, str) else list(texts)
         for i, t in enumerate(items):
             if not isinstance(t, str) or not t.strip():

@@ -1,8 +1,9 @@
 """Typed configuration: dataclasses <- YAML recipe <- dotted CLI overrides.
 
-Every section is a dataclass; a recipe is YAML whose keys mirror the fields; the command line
-overrides single fields with ``--train.lr 3e-4`` or ``train.lr=3e-4``. Unknown fields and values of
-the wrong type are rejected with the dotted name of the field, so a typo never silently does nothing.
+Every section is a dataclass; a recipe is YAML whose keys mirror the fields (a path, or the name of a recipe
+shipped in ``scratchlm/configs``); the command line overrides single fields with ``--train.lr 3e-4``,
+``--train.lr=3e-4`` or ``train.lr=3e-4``. Unknown fields and values of the wrong type are rejected with the
+dotted name of the field, so a typo never silently does nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+CONFIG_DIR = Path(__file__).parent / "configs"  # the shipped recipes
 
 
 class ConfigError(ValueError):
@@ -184,26 +186,54 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     base = data.pop("base", None)
     if base:  # recipes may extend another recipe: `base: other.yaml`
         parent = load_yaml((path.parent / base) if not Path(base).is_absolute() else base)
-        data = _deep_merge(parent, data)
+        data = deep_merge(parent, data)
     return data
 
 
-def _deep_merge(a: dict, b: dict) -> dict:
+def deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
-def build(cls: type[T], yaml_path: str | Path | None = None, overrides: list[str] | None = None,
-          defaults: dict[str, Any] | None = None) -> T:
-    """Dataclass defaults <- ``defaults`` <- YAML <- ``key=value`` overrides."""
-    data: dict[str, Any] = dict(defaults or {})
-    if yaml_path:
-        data = _deep_merge(data, load_yaml(yaml_path))
-    data = apply_overrides(data, [parse_override(o) for o in overrides or []])
-    return from_dict(cls, data)
+def find_recipe(path: str | Path | None) -> Path | None:
+    """A recipe path, or the name of a recipe shipped in scratchlm/configs."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.exists():
+        return p
+    name = str(path)
+    shipped = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if shipped.exists():
+        return shipped
+    raise ConfigError(f"recipe not found: {path} (shipped recipes: "
+                      f"{', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.yaml')))})")
 
 
-def save(obj: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(obj), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def overrides_from_args(extra: list[str]) -> list[str]:
+    """Command-line overrides (``--a.b v``, ``--a.b=v``, ``a.b=v``) as ``a.b=v`` items."""
+    out, i = [], 0
+    while i < len(extra):
+        item = extra[i]
+        if item.startswith("--") and "=" not in item:
+            if i + 1 >= len(extra):
+                raise ConfigError(f"override {item} needs a value")
+            out.append(f"{item[2:]}={extra[i + 1]}")
+            i += 2
+        elif "=" in item:
+            out.append(item.lstrip("-"))
+            i += 1
+        else:
+            raise ConfigError(f"unexpected argument {item!r}; overrides look like --section.field value")
+    return out
+
+
+def load_recipe(yaml_path: str | Path | None = None, overrides: list[str] | None = None,
+                defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The recipe as a plain dict: YAML <- ``defaults`` (what command-line flags set) <- ``key=value``
+    overrides. Each stage turns it into its config dataclass (``from_dict`` checks names and types)."""
+    data = load_yaml(yaml_path) if yaml_path else {}
+    data.update(defaults or {})
+    return apply_overrides(data, [parse_override(o) for o in overrides or []])

@@ -42,21 +42,13 @@ MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte + every special token
 # Longest run of Han characters in one pre-token. Chinese punctuation already splits text into clauses
 # (wikipedia_zh validation: median Han run 5 chars, p99 28, max 62), so the cap only bounds pathological
 # unpunctuated text (classical Chinese, lists) instead of making a whole document one pre-token. Smaller
-# caps cut real runs at arbitrary points and cost Chinese compression for ~nothing in English. Measured
-# bytes/token (BPE trained on 4 MB zh wiki + 3 MB en wiki + 1 MB Shakespeare; zh = wikipedia_zh
-# validation, en = held-out last 10% of tinyshakespeare):
-#   Han part of the pattern               zh@8k  zh@32k  en@8k  en@32k
-#   Han inside \p{L}+ (nanochat, GPT-4)    3.39   4.19    2.95   3.56
-#   \p{Han}{1,2}                           3.07   3.57    2.98   3.60
-#   \p{Han}{1,4}                           3.18   3.75    2.97   3.60
-#   \p{Han}{1,8}                           3.27   3.92    2.96   3.57
-#   \p{Han}{1,32} (= uncapped \p{Han}+)    3.33   4.05    2.96   3.56
-#   [prefix]?\p{Han}{1,32}  <- chosen      3.39   4.19    2.95   3.56
+# caps cut real runs at arbitrary points and cost Chinese compression for ~nothing in English (the
+# bytes/token of each choice: docs/results.md, "Measurements behind the code").
 HAN_RUN = 32
 
 # nanochat's GPT-4-style pattern (digits in groups of 1-2) with Han split off from other letters: Han and
 # Latin/kana/Hangul never share a pre-token, so e.g. "DNA分子" is "DNA" + "分子". Han runs take the same
-# optional one-char prefix as words (" 中国", "，首都"), worth +1.6-3.6% zh compression (table above).
+# optional one-char prefix as words (" 中国", "，首都"), which compresses Chinese better.
 _LETTER_NOT_HAN = r"[\p{L}&&[^\p{Han}]]"  # class intersection (Oniguruma syntax, as tokenizers uses)
 SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)"""

@@ -151,8 +151,8 @@ def run_cli(out_dir, *extra: str, env=None, timeout: float = 120, check: bool = 
 def tiny_lm_dir(prepared, tmp_path_factory) -> Path:
     """A saved tiny decoder (seeded random weights) with the prepared tokenizer: an `init` for fine-tuning."""
     from scratchlm.config import to_dict
+    from scratchlm.model import checkpoint as ckpt
     from scratchlm.model.transformer import Transformer
-    from scratchlm.train import checkpoint as ckpt
 
     torch.manual_seed(0)
     model = Transformer(tiny_model_config(prepared.tokenizer.vocab_size, block_size=64))
@@ -161,6 +161,19 @@ def tiny_lm_dir(prepared, tmp_path_factory) -> Path:
               "data": {"corpora": [{"source": "tinyshakespeare", "split": "train"}]}}
     ckpt.save_checkpoint(folder, model_tensors=ckpt.model_state(model), config=config, tokenizer=prepared.tokenizer)
     return folder
+
+
+@pytest.fixture(scope="session")
+def task_folders(prepared, tiny_lm_dir, tmp_path_factory) -> dict[str, Path]:
+    """Tiny model folders of every task (seeded random weights, saved without training): lm, a classifier
+    (clf), a translation (mt) and a summarization (sum) model."""
+    from serve_utils import save_classifier, save_seq2seq
+
+    root = tmp_path_factory.mktemp("task_models")
+    tok = prepared.tokenizer
+    return {"lm": tiny_lm_dir, "clf": save_classifier(root / "clf" / "model", tok),
+            "mt": save_seq2seq(root / "mt" / "model", tok, "translate"),
+            "sum": save_seq2seq(root / "sum" / "model", tok, "summarize")}
 
 
 def write_sentiment_csv(path: Path, n: int = 160, seed: int = 0) -> Path:
@@ -179,3 +192,46 @@ def write_sentiment_csv(path: Path, n: int = 160, seed: int = 0) -> Path:
         rows.append(f"{' '.join(words)} {i},{'pos' if label else 'neg'}")
     path.write_text("\n".join(rows) + "\n", "utf-8")
     return path
+
+
+def write_translation_pairs(path: Path, n: int, seed: int = 0) -> Path:
+    """A toy en->zh 'translation' jsonl (columns en, zh): each English word maps to one Chinese character."""
+    import random
+
+    words = {"cat": "猫", "dog": "狗", "big": "大", "red": "红", "sun": "日", "tree": "树", "sea": "海", "bird": "鸟"}
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        ws = rng.choices(list(words), k=rng.randint(2, 4))
+        rows.append({"en": " ".join(ws) + f" {i}", "zh": "".join(words[w] for w in ws) + f"{i}"})
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", "utf-8")
+    return path
+
+
+def right_pad(seqs, T: int | None = None, fill=0):
+    """(idx, mask) of right-padded token sequences; ``fill``: the pad id, or a (B, T) tensor of what the pad
+    positions hold."""
+    T = T or max(len(s) for s in seqs)
+    idx = fill.clone() if torch.is_tensor(fill) else torch.full((len(seqs), T), fill)
+    mask = torch.zeros(len(seqs), T, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        idx[i, :len(s)] = s
+        mask[i, :len(s)] = 1
+    return idx, mask
+
+
+@torch.no_grad()
+def alone(model, seqs) -> torch.Tensor:
+    """Each sequence through ``model`` on its own, batch 1, stacked."""
+    return torch.cat([model(s[None]) for s in seqs])
+
+
+def classify_overrides(out_root, init, csv) -> list[str]:
+    """A tiny classification recipe as dotted overrides: the sentiment CSV with seeded 20% validation and test
+    carve-outs, 32 tokens per text, 30 steps of 16 examples on one CPU thread."""
+    return [f"init={init}", f"data.dataset={csv}", "data.test_split=null", "data.test_fraction=0.2",
+            "data.val_fraction=0.2", f"out_root={out_root}", "max_length=32", "epochs=null", "train.max_steps=30",
+            "train.micro_batch_size=16", "train.lr=3e-3", "train.warmup_steps=3", "train.eval_interval=10",
+            "train.save_interval=10", "train.progress=false", "train.tensorboard=false", "train.device=cpu",
+            "train.precision=fp32", "train.threads=1", "train.early_stopping_patience=0", "head_dropout=0.0"]
+

@@ -14,8 +14,8 @@ from conftest import tiny_model_config
 
 def save_lm(folder: Path, tokenizer, *, block_size: int = 64, seed: int = 0) -> Path:
     from scratchlm.config import to_dict
+    from scratchlm.model import checkpoint as ckpt
     from scratchlm.model.transformer import Transformer
-    from scratchlm.train import checkpoint as ckpt
 
     torch.manual_seed(seed)
     model = Transformer(tiny_model_config(tokenizer.vocab_size, block_size=block_size))
@@ -25,10 +25,10 @@ def save_lm(folder: Path, tokenizer, *, block_size: int = 64, seed: int = 0) -> 
 
 
 def save_classifier(folder: Path, tokenizer, labels=("neg", "pos"), seed: int = 0) -> Path:
-    from scratchlm.classify import model_config
+    from scratchlm.model import checkpoint as ckpt
     from scratchlm.model.heads import SequenceClassifier
     from scratchlm.model.transformer import Transformer
-    from scratchlm.train import checkpoint as ckpt
+    from scratchlm.stages.classify import model_config
 
     torch.manual_seed(seed)
     model = SequenceClassifier(Transformer(tiny_model_config(tokenizer.vocab_size, block_size=64)), len(labels),
@@ -41,9 +41,9 @@ def save_classifier(folder: Path, tokenizer, labels=("neg", "pos"), seed: int = 
 
 def save_seq2seq(folder: Path, tokenizer, task: str = "translate", seed: int = 0) -> Path:
     from scratchlm.config import to_dict
+    from scratchlm.infer.seq2seq import DecodeConfig
+    from scratchlm.model import checkpoint as ckpt
     from scratchlm.model.transformer import Transformer
-    from scratchlm.seq2seq import DecodeConfig
-    from scratchlm.train import checkpoint as ckpt
 
     torch.manual_seed(seed)
     model = Transformer(tiny_model_config(tokenizer.vocab_size, block_size=64))
@@ -60,7 +60,7 @@ class ThreadServer:
     def __init__(self, app, shutdown_timeout: float = 10.0) -> None:
         import uvicorn
 
-        from scratchlm.serve import bind
+        from scratchlm.serve.server import bind
 
         self.sock = bind("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]

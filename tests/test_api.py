@@ -5,19 +5,14 @@ from __future__ import annotations
 import threading
 
 import pytest
-from serve_utils import save_classifier, save_seq2seq
 
 import scratchlm
 from scratchlm.api import CHAT_STOP, GenerationRequest, TaskError, default_name, format_chat, model_task
 
 
 @pytest.fixture(scope="module")
-def folders(prepared, tiny_lm_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("api_models")
-    tok = prepared.tokenizer
-    return {"lm": tiny_lm_dir, "clf": save_classifier(root / "clf" / "model", tok),
-            "mt": save_seq2seq(root / "mt" / "model", tok, "translate"),
-            "sum": save_seq2seq(root / "sum" / "model", tok, "summarize")}
+def folders(task_folders):
+    return task_folders
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 from scratchlm.cli import main
 from scratchlm.data.prepare import CorpusConfig, DataConfig, LeakageError, prepare
 from scratchlm.data.sources import DataError
-from scratchlm.model.io import load_model
+from scratchlm.model import checkpoint as ckpt
+from scratchlm.model.folder import load_model
 from scratchlm.tokenizer import MIN_VOCAB_SIZE, train_tokenizer
-from scratchlm.train import checkpoint as ckpt
 from scratchlm.train.trainer import TrainingDivergedError
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scratchlm.baselines import (
+from scratchlm.baselines import classical as classical_mod
+from scratchlm.baselines.classical import (
     ClassicalConfig,
     ClassicalModel,
     TaggerMissingError,
@@ -21,7 +22,6 @@ from scratchlm.baselines import (
     english_stopwords,
     fit_classical,
 )
-from scratchlm.baselines import classical as classical_mod
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from scratchlm.beam import BeamConfig, BeamHypothesis, beam_search
-from scratchlm.generate import SamplingConfig, generate
+from scratchlm.infer.beam import BeamConfig, BeamHypothesis, beam_search
+from scratchlm.infer.generate import SamplingConfig, generate
 from scratchlm.model.transformer import ModelConfig, Transformer
 
 V = 50

@@ -10,10 +10,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, write_sentiment_csv
+from conftest import REPO, classify_overrides, write_sentiment_csv
 
-from scratchlm.classify import build_config, evaluate_model, load_classifier, run
 from scratchlm.data.labeled import LabelError
+from scratchlm.infer.classify import load_classifier
+from scratchlm.stages.classify import build_config, evaluate_model, run
 from scratchlm.tasks.classify import ClassifyTask, collate, encode_texts, truncate_head_tail
 
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -73,14 +74,8 @@ def test_length_grouping_cuts_padding():
 
 
 def _config(tmp_path, init, csv, **over):
-    overrides = [f"init={init}", f"data.dataset={csv}", "data.test_split=null", "data.test_fraction=0.2",
-                 "data.val_fraction=0.2", f"out_root={tmp_path / 'runs'}", "max_length=32", "epochs=null",
-                 "train.max_steps=30", "train.micro_batch_size=16", "train.lr=3e-3", "train.warmup_steps=3",
-                 "train.eval_interval=10", "train.save_interval=10", "train.progress=false",
-                 "train.tensorboard=false", "train.device=cpu", "train.precision=fp32", "train.threads=1",
-                 "train.early_stopping_patience=0", "head_dropout=0.0",
-                 *[f"{k}={v}" for k, v in over.items()]]
-    return build_config(None, overrides)
+    overrides = classify_overrides(tmp_path / "runs", init, csv)
+    return build_config(None, [*overrides, *[f"{k}={v}" for k, v in over.items()]])
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +120,7 @@ def test_from_scratch_starts_from_other_weights(tmp_path, tiny_lm_dir, csv):
     cfg = _config(tmp_path, tiny_lm_dir, csv, name="scratch", init_weights="random", **{"train.max_steps": 1})
     run(cfg, log=QUIET)
     clf = load_classifier(tmp_path / "runs" / "scratch" / "model")
-    from scratchlm.model.io import load_model
+    from scratchlm.model.folder import load_model
 
     pre = load_model(tiny_lm_dir).model.state_dict()["layers.0.attn.q_proj.weight"]
     now = clf.model.state_dict()["backbone.layers.0.attn.q_proj.weight"]
@@ -210,7 +205,7 @@ def test_classical_baseline_may_train_without_validation(tmp_path, tiny_lm_dir, 
 
 
 def test_resume_refuses_a_different_label_set(tmp_path, tiny_lm_dir, csv):
-    from scratchlm.train.checkpoint import CheckpointError
+    from scratchlm.model.checkpoint import CheckpointError
 
     run(_config(tmp_path, tiny_lm_dir, csv, name="r", **{"train.max_steps": 2}), log=QUIET)
     other = tmp_path / "other.csv"
@@ -221,7 +216,7 @@ def test_resume_refuses_a_different_label_set(tmp_path, tiny_lm_dir, csv):
 
 
 def test_recipe_sections_per_kind_and_override_precedence():
-    from scratchlm.cli import _recipe
+    from scratchlm.config import find_recipe as _recipe
 
     imdb = _recipe("imdb")
     dec = build_config(imdb, [])

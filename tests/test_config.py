@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import DATA_OVERRIDES, MODEL_OVERRIDES, requires_data
 
-from scratchlm.cli import _overrides
 from scratchlm.config import ConfigError, from_dict, to_dict
-from scratchlm.pretrain import PretrainConfig, build_config
+from scratchlm.config import overrides_from_args as _overrides
+from scratchlm.stages.pretrain import PretrainConfig, build_config
 from scratchlm.train.config import TrainConfig
 
 
@@ -111,8 +111,8 @@ def test_shipped_recipe_builds():
 
 @requires_data
 def test_resolved_config_is_saved_in_every_checkpoint(tmp_path, monkeypatch, cli_env):
-    from scratchlm.pretrain import run
-    from scratchlm.train import checkpoint as ckpt
+    from scratchlm.model import checkpoint as ckpt
+    from scratchlm.stages.pretrain import run
 
     monkeypatch.setenv("SCRATCHLM_OFFLINE", "1")
     monkeypatch.setenv("SCRATCHLM_CACHE_DIR", cli_env["SCRATCHLM_CACHE_DIR"])  # not ~/.cache

@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 
 import pytest
 import torch
-from conftest import DATA_OVERRIDES, tiny_model_config, write_sentiment_csv
+from conftest import (
+    DATA_OVERRIDES,
+    classify_overrides,
+    tiny_model_config,
+    write_sentiment_csv,
+    write_translation_pairs,
+)
 
-from scratchlm import classify, seq2seq
+from scratchlm.cli.train import add_distill_parser
 from scratchlm.config import ConfigError, to_dict
-from scratchlm.distill import add_distill_parser, build_config, plan_student, run
+from scratchlm.model import checkpoint as ckpt
 from scratchlm.model.transformer import Transformer
-from scratchlm.stages import count_parameters
+from scratchlm.stages import classify, seq2seq
+from scratchlm.stages.base import count_parameters
+from scratchlm.stages.distill import build_config, run
+from scratchlm.stages.students import plan_student
 from scratchlm.tasks.distill import (
     DistillLoss,
     DistillLossConfig,
@@ -24,7 +32,6 @@ from scratchlm.tasks.distill import (
     make_projections,
     soft_target_loss,
 )
-from scratchlm.train import checkpoint as ckpt
 
 QUIET = lambda *a, **k: None  # noqa: E731
 TRAIN = ["train.progress=false", "train.tensorboard=false", "train.device=cpu", "train.precision=fp32",
@@ -175,10 +182,7 @@ def csv(tmp_path_factory):
 
 
 def _clf_overrides(root, init, csv):
-    return [f"init={init}", f"data.dataset={csv}", "data.test_split=null", "data.test_fraction=0.2",
-            "data.val_fraction=0.2", f"out_root={root}", "max_length=32", "epochs=null", "train.max_steps=30",
-            "train.micro_batch_size=16", "train.lr=3e-3", "train.warmup_steps=3", "train.eval_interval=10",
-            "train.save_interval=10", "train.early_stopping_patience=0", "head_dropout=0.0", *TRAIN]
+    return [*classify_overrides(root, init, csv), *TRAIN]
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +216,7 @@ def test_classify_distillation_learns_the_teacher_and_saves_a_classifier(teacher
     assert d["parameter_ratio"] < 0.6 and d["teacher"]["test_source"].endswith("report.json")
     assert d["accuracy_retained"] == pytest.approx(report["test"]["accuracy"] / d["teacher"]["test_accuracy"])
     assert d["speed"]["examples"] == 16 and d["speed"]["speedup"] > 0
-    from scratchlm.report import collect_runs
+    from scratchlm.stages.report import collect_runs
 
     names = {r["name"] for r in collect_runs(root)}
     assert {"teacher", "decoder-distilled"} <= names  # `scratchlm report` shows the student beside the teacher
@@ -241,7 +245,7 @@ def test_classify_distillation_resumes_exactly(tmp_path, teacher_clf, beta):
 
 # ------------------------------------------------------------------------------------------------ lm, seq2seq
 def test_lm_distillation_writes_a_language_model(tmp_path, tiny_lm_dir, prepared):
-    from scratchlm.model.io import load_model
+    from scratchlm.model.folder import load_model
 
     cfg = _distill_cfg(tiny_lm_dir, "teacher-layers:1", *DATA_OVERRIDES, f"train.out_dir={tmp_path / 'lm'}",
                        "train.max_steps=8", "train.micro_batch_size=4", "train.eval_batches=2", "distill.beta=0.5",
@@ -259,15 +263,7 @@ def test_lm_distillation_writes_a_language_model(tmp_path, tiny_lm_dir, prepared
 
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
-    words = {"cat": "猫", "dog": "狗", "big": "大", "red": "红", "sun": "日", "tree": "树", "sea": "海", "bird": "鸟"}
-    rng = random.Random(0)
-    rows = []
-    for i in range(200):
-        ws = rng.choices(list(words), k=rng.randint(2, 4))
-        rows.append({"en": " ".join(ws) + f" {i}", "zh": "".join(words[w] for w in ws) + f"{i}"})
-    path = tmp_path_factory.mktemp("mt") / "pairs.jsonl"
-    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", "utf-8")
-    return path
+    return write_translation_pairs(tmp_path_factory.mktemp("mt") / "pairs.jsonl", 200)
 
 
 def test_seq2seq_distillation_reports_bleu_beside_the_teachers(tmp_path, tiny_lm_dir, pairs_file):
@@ -289,7 +285,8 @@ def test_seq2seq_distillation_reports_bleu_beside_the_teachers(tmp_path, tiny_lm
 
 # ------------------------------------------------------------------------------------------------ config, CLI
 def test_cli_flags_and_overrides_split_between_distillation_and_task_recipe():
-    from scratchlm.cli import _overrides, _recipe
+    from scratchlm.config import find_recipe as _recipe
+    from scratchlm.config import overrides_from_args as _overrides
 
     parser = argparse.ArgumentParser()
     add_distill_parser(parser.add_subparsers(dest="verb"))
@@ -303,7 +300,7 @@ def test_cli_flags_and_overrides_split_between_distillation_and_task_recipe():
 
 
 def test_imdb_recipe_student_is_at_most_a_quarter_of_the_teacher():
-    from scratchlm.cli import _recipe
+    from scratchlm.config import find_recipe as _recipe
     from scratchlm.config import load_yaml
     from scratchlm.model.heads import SequenceClassifier
     from scratchlm.model.transformer import ModelConfig

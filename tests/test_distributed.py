@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import REPO, cli_command, read_rows, run_cli
 
-from scratchlm.model.io import load_model
-from scratchlm.train import checkpoint as ckpt
+from scratchlm.model import checkpoint as ckpt
+from scratchlm.model.folder import load_model
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")

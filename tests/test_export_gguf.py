@@ -16,7 +16,7 @@ from test_export_hf import save_classifier  # noqa: E402
 
 from scratchlm.export import ExportError, export, load_source  # noqa: E402
 from scratchlm.export.gguf import PRE_TOKENIZER, export_gguf, permute_qk  # noqa: E402
-from scratchlm.generate import SamplingConfig, generate  # noqa: E402
+from scratchlm.infer.generate import SamplingConfig, generate  # noqa: E402
 from scratchlm.model.lora import LoraConfig, inject_lora, lora_modules  # noqa: E402
 
 REAL_LM = Path(__file__).resolve().parents[1] / "runs" / "imdb_lm" / "model"

@@ -12,12 +12,12 @@ from conftest import tiny_model_config  # noqa: E402
 from scratchlm.config import to_dict  # noqa: E402
 from scratchlm.export import ExportError, export, load_source  # noqa: E402
 from scratchlm.export.hf import export_hf  # noqa: E402
-from scratchlm.generate import SamplingConfig, generate  # noqa: E402
+from scratchlm.infer.generate import SamplingConfig, generate  # noqa: E402
+from scratchlm.model import checkpoint as ckpt  # noqa: E402
 from scratchlm.model.heads import SequenceClassifier  # noqa: E402
 from scratchlm.model.lora import LoraConfig, inject_lora, lora_modules, merge_lora, save_adapter  # noqa: E402
 from scratchlm.model.transformer import Transformer  # noqa: E402
 from scratchlm.tasks.classify import collate, encode_texts  # noqa: E402
-from scratchlm.train import checkpoint as ckpt  # noqa: E402
 
 TEXTS = ["a wonderful, moving film", "the plot was dull and the actors were awful, quite boring really"]
 
@@ -145,7 +145,7 @@ def test_refuses_what_hf_llama_cannot_express(prepared, tmp_path):
 def test_export_cli_prints_how_to_load(tiny_lm_dir, tmp_path, capsys):
     import argparse
 
-    from scratchlm.export.cli import add_export_parser
+    from scratchlm.cli.export import add_export_parser
 
     parser = argparse.ArgumentParser()
     add_export_parser(parser.add_subparsers(dest="verb"))

@@ -14,7 +14,7 @@ from test_export_hf import TEXTS, randomize_lora, save_classifier  # noqa: E402
 
 from scratchlm.export import ExportError, export, load_source  # noqa: E402
 from scratchlm.export.onnx import OnnxCausalLM, OnnxClassifier, export_onnx  # noqa: E402
-from scratchlm.generate import SamplingConfig, generate  # noqa: E402
+from scratchlm.infer.generate import SamplingConfig, generate  # noqa: E402
 from scratchlm.model.lora import LoraConfig, inject_lora  # noqa: E402
 from scratchlm.tasks.classify import collate, encode_texts  # noqa: E402
 

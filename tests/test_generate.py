@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from scratchlm.generate import (
+from scratchlm.infer.generate import (
     SamplingConfig,
     _StopStringFilter,
     apply_repetition_penalty,
@@ -64,19 +64,20 @@ def test_decode_pack_serves_cached_inference_only_and_matches_the_modules(model)
     in-place weight changes, and are not used for training, autograd, LoRA layers or calls without a cache."""
     import copy
 
+    from scratchlm.infer.decode_pack import DecodeCache, decode_pack, forward, logits
     from scratchlm.model.lora import LoraConfig, inject_lora
 
     m = copy.deepcopy(model)
     idx = torch.randint(0, CFG.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
 
     def cached_logits():
-        cache = KVCache(CFG, 2, 9, "cpu", torch.float32)
-        first = m.head(m(idx[:, :8], cache=cache))
+        cache = DecodeCache(m, 2, 9, "cpu", torch.float32)
+        first = logits(m, forward(m, idx[:, :8], cache=cache), cache)
         cache.pos = 8
-        return torch.cat([first, m.head(m(idx[:, 8:], cache=cache))], dim=1)
+        return torch.cat([first, logits(m, forward(m, idx[:, 8:], cache=cache), cache)], dim=1)
 
     with torch.inference_mode():
-        assert m._decode_pack() is not None
+        assert decode_pack(m) is not None
         torch.testing.assert_close(cached_logits(), m.logits(idx), atol=1e-5, rtol=1e-5)
         m.layers[1].mlp.up_proj.weight.mul_(1.5)  # in place: the pack must be remade
         m.lm_head.weight.add_(0.01)
@@ -85,16 +86,16 @@ def test_decode_pack_serves_cached_inference_only_and_matches_the_modules(model)
         m.layers[1].mlp_norm.weight.add_(0.25)
         torch.testing.assert_close(cached_logits(), m.logits(idx), atol=1e-5, rtol=1e-5)
         # a generation looks the pack up once, on its cache, not at every step
-        cache = KVCache(CFG, 2, 9, "cpu", torch.float32)
-        m(idx[:, :8], cache=cache)
-        assert cache.packs is m._decode_pack()
-    assert m._decode_pack() is None  # autograd on
+        cache = DecodeCache(m, 2, 9, "cpu", torch.float32)
+        forward(m, idx[:, :8], cache=cache)
+        assert cache.packs is decode_pack(m)
+    assert decode_pack(m) is None  # autograd on
     with torch.no_grad():
         m.train()
-        assert m._decode_pack() is None
+        assert decode_pack(m) is None
         m.eval()
         inject_lora(m, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
-        assert m._decode_pack() is None
+        assert decode_pack(m) is None
 
 
 # ---- equivalences -------------------------------------------------------------------------------------

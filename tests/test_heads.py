@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import alone, right_pad
 
 from scratchlm.model.heads import ClassificationLoss, SequenceClassifier, padded_attention_mask
 from scratchlm.model.transformer import ModelConfig, Transformer
@@ -21,21 +22,6 @@ def classifier(pooling: str = "last", seed: int = 0, **kw) -> SequenceClassifier
 def rows(seed: int = 1) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(1, VOCAB, (n,), generator=g) for n in LENGTHS]
-
-
-def right_pad(seqs: list[torch.Tensor], T: int | None = None, fill: torch.Tensor | None = None):
-    T = T or max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), PAD) if fill is None else fill.clone()
-    mask = torch.zeros(len(seqs), T, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        idx[i, :len(s)] = s
-        mask[i, :len(s)] = 1
-    return idx, mask
-
-
-@torch.no_grad()
-def alone(model: SequenceClassifier, seqs: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([model(s[None]) for s in seqs])
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])

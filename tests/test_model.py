@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from scratchlm.model import checkpoint as ckpt
 from scratchlm.model.transformer import Block, KVCache, ModelConfig, Transformer
-from scratchlm.train import checkpoint as ckpt
 
 SMALL = dict(vocab_size=101, block_size=48, n_layer=2, n_head=4, n_embd=32, init_std=0.1)
 

@@ -6,7 +6,7 @@ import torch
 from conftest import make_trainer, read_rows, requires_data
 
 import scratchlm.train.hardware as hw
-from scratchlm.train import checkpoint as ckpt
+from scratchlm.model import checkpoint as ckpt
 
 
 def test_auto_picks_bf16_only_where_the_cpu_runs_it_fast(monkeypatch):

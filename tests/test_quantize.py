@@ -13,14 +13,15 @@ pytest.importorskip("torchao", reason="torchao is not installed (pip install scr
 from conftest import tiny_model_config  # noqa: E402
 from test_export_hf import TEXTS, save_classifier  # noqa: E402
 
-import scratchlm.quantize as q  # noqa: E402
-from scratchlm.classify import load_classifier  # noqa: E402
+import scratchlm.infer.quantize as q  # noqa: E402
+import scratchlm.model.int8 as int8_layers  # noqa: E402
 from scratchlm.config import to_dict  # noqa: E402
 from scratchlm.export import ExportError, export  # noqa: E402
-from scratchlm.generate import SamplingConfig, generate  # noqa: E402
-from scratchlm.model.io import load_model  # noqa: E402
+from scratchlm.infer.classify import load_classifier  # noqa: E402
+from scratchlm.infer.generate import SamplingConfig, generate  # noqa: E402
+from scratchlm.model import checkpoint as ckpt  # noqa: E402
+from scratchlm.model.folder import load_model  # noqa: E402
 from scratchlm.model.transformer import Transformer  # noqa: E402
-from scratchlm.train import checkpoint as ckpt  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_int8_folder_is_smaller_and_loads_like_any_model(lm_pair):
     ckpt.verify(int8)  # an ordinary, checksummed model folder
     a, b = load_model(fp32), load_model(int8)
     assert b.config["quantization"]["method"] == "int8"
-    assert isinstance(b.model.embed, q.Int8Embedding)
+    assert isinstance(b.model.embed, int8_layers.Int8Embedding)
     ids = torch.tensor([a.tokenizer.encode("First Citizen: Before we proceed any further, hear me speak.")])
     with torch.inference_mode():
         la, lb = a.model.logits(ids), b.model.logits(ids)
@@ -75,7 +76,7 @@ def test_quantizing_twice_and_exporting_int8_are_refused(lm_pair, tmp_path):
 
 def test_backend_fallback_and_clear_error(lm_pair, monkeypatch):
     fp32, int8 = lm_pair
-    monkeypatch.setattr(q, "_fbgemm_available", lambda: False)
+    monkeypatch.setattr(int8_layers, "_fbgemm_available", lambda: False)
     with pytest.warns(RuntimeWarning, match="no fbgemm int8 kernel"):
         loaded = load_model(int8)  # the documented fallback: torchao's weight-only int8
     ref = load_model(fp32)
@@ -83,7 +84,7 @@ def test_backend_fallback_and_clear_error(lm_pair, monkeypatch):
     with torch.inference_mode():
         la, lb = ref.model.logits(ids), loaded.model.logits(ids)
     assert ((la - lb).norm() / la.norm()).item() < 0.05
-    monkeypatch.setattr(q, "_torchao_available", lambda: False)
+    monkeypatch.setattr(int8_layers, "_torchao_available", lambda: False)
     with pytest.raises(q.QuantizationError, match="no int8 kernel.*pip install torchao"):
         load_model(int8)
     monkeypatch.setenv("SCRATCHLM_INT8_BACKEND", "fbgemm")
@@ -94,7 +95,7 @@ def test_backend_fallback_and_clear_error(lm_pair, monkeypatch):
 def test_cli_reports_size(lm_pair, tmp_path, capsys):
     import argparse
 
-    from scratchlm.export.cli import add_quantize_parser
+    from scratchlm.cli.export import add_quantize_parser
 
     fp32, _ = lm_pair
     parser = argparse.ArgumentParser()

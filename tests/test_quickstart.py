@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from scratchlm.model.io import load_model
+from scratchlm.model.folder import load_model
 
 
 def test_quickstart_end_to_end(tmp_path, cli_env):

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from scratchlm.report import collect_runs, fmt_count, fmt_duration, fmt_ms, fmt_pct, main, write_report
+from scratchlm.stages.report import collect_runs, fmt_count, fmt_duration, fmt_ms, fmt_pct, main, write_report
 from scratchlm.tasks.metrics import classification_metrics
 
 NAMES = ["negative", "positive"]
@@ -112,7 +112,7 @@ def test_mixed_datasets_rejected_unless_allowed(runs_dir, tmp_path, monkeypatch)
         collect_runs(runs_dir)
     runs = collect_runs(runs_dir, allow_mixed=True)
     assert len(runs) == 4
-    monkeypatch.setattr("scratchlm.report._matplotlib_available", lambda: False)  # tables only: quicker
+    monkeypatch.setattr("scratchlm.stages.report._matplotlib_available", lambda: False)  # tables only: quicker
     write_report(runs, tmp_path / "mixed")
     assert "imdb, sst2" in (tmp_path / "mixed" / "report.md").read_text()
 
@@ -141,7 +141,7 @@ def test_without_matplotlib_tables_only(runs_dir, tmp_path, monkeypatch):
 
 
 def test_command_line(runs_dir, capsys, monkeypatch):
-    monkeypatch.setattr("scratchlm.report._matplotlib_available", lambda: False)  # tables only: quicker
+    monkeypatch.setattr("scratchlm.stages.report._matplotlib_available", lambda: False)  # tables only: quicker
     assert main([str(runs_dir), "--title", "IMDb & friends"]) == 0
     page = (runs_dir / "comparison" / "report.html").read_text()
     assert "<title>IMDb &amp; friends</title>" in page
@@ -289,7 +289,7 @@ def summarize_dir(tmp_path):
 
 
 def test_summarization_report_with_lead_baseline(summarize_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("scratchlm.report._matplotlib_available", lambda: False)  # tables only: quicker
+    monkeypatch.setattr("scratchlm.stages.report._matplotlib_available", lambda: False)  # tables only: quicker
     out = tmp_path / "out"
     assert set(write_report(collect_runs(summarize_dir), out)) == {"markdown", "html"}
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
@@ -312,7 +312,7 @@ def test_summarization_report_with_lead_baseline(summarize_dir, tmp_path, monkey
 
 
 def test_seq2seq_mixing_rules(summarize_dir, translate_dir, runs_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("scratchlm.report._matplotlib_available", lambda: False)
+    monkeypatch.setattr("scratchlm.stages.report._matplotlib_available", lambda: False)
     make_seq2seq_run(translate_dir, "d_zh_en", "zh-en-decoder", "decoder", "translate", 30.0, 31.0,
                      direction="zh-en", sig=BLEU_SIG.replace("tok:zh", "tok:13a"))
     with pytest.raises(ValueError, match=r"different directions.*direction=zh-en: zh-en-decoder"):
@@ -336,7 +336,7 @@ def test_seq2seq_mixing_rules(summarize_dir, translate_dir, runs_dir, tmp_path, 
 
 
 def test_seq2seq_run_without_scores_or_predictions(tmp_path, monkeypatch):
-    monkeypatch.setattr("scratchlm.report._matplotlib_available", lambda: False)
+    monkeypatch.setattr("scratchlm.stages.report._matplotlib_available", lambda: False)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "report.json").write_text(json.dumps({"task": "translate", "name": "x", "test": {"beam": {}}}))

@@ -16,7 +16,7 @@ import torch
 from conftest import cli_command, run_cli
 from safetensors.torch import load_file
 
-from scratchlm.train import checkpoint as ckpt
+from scratchlm.model import checkpoint as ckpt
 from scratchlm.train.hardware import measure_matmul_peak
 
 # dropout > 0 so the RNG state matters; accumulation 2; a save every 3 steps and an evaluation every 4

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import alone, right_pad
 
-from scratchlm.model.rnn import CELLS, POOLINGS, RNNClassifier, RNNConfig
+from scratchlm.baselines.rnn import CELLS, POOLINGS, RNNClassifier, RNNConfig
 
 VOCAB, PAD = 50, 0
 LENGTHS = [5, 12, 1, 9]
@@ -22,21 +23,6 @@ def model(cell: str = "lstm", pooling: str = "max", seed: int = 0, **kw) -> RNNC
 def rows(seed: int = 1, lengths=LENGTHS) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(1, VOCAB, (n,), generator=g) for n in lengths]
-
-
-def right_pad(seqs, T=None, fill: int = PAD):
-    T = T or max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), fill)
-    mask = torch.zeros(len(seqs), T, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        idx[i, :len(s)] = s
-        mask[i, :len(s)] = 1
-    return idx, mask
-
-
-@torch.no_grad()
-def alone(m: RNNClassifier, seqs) -> torch.Tensor:
-    return torch.cat([m(s[None]) for s in seqs])
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scratchlm.beam import BeamConfig
-from scratchlm.model.seq2seq_rnn import (
+from scratchlm.baselines.seq2seq_rnn import (
     ATTENTIONS,
     CELLS,
     Seq2SeqRNN,
@@ -18,6 +17,7 @@ from scratchlm.model.seq2seq_rnn import (
     Seq2SeqRNNLoss,
     make_batch,
 )
+from scratchlm.infer.beam import BeamConfig
 
 VOCAB, PAD, BOS, EOS = 20, 0, 1, 2
 

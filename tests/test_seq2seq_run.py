@@ -7,27 +7,18 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, write_translation_pairs
 
-from scratchlm.seq2seq import build_config, lead, load_seq2seq, run
+from scratchlm.baselines.lead import lead
+from scratchlm.infer.seq2seq import load_seq2seq
+from scratchlm.stages.seq2seq import build_config, run
 
 QUIET = lambda *a, **k: None  # noqa: E731
 
 
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
-    """A toy en->zh 'translation': each English word maps to one Chinese character."""
-    import random
-
-    words = {"cat": "猫", "dog": "狗", "big": "大", "red": "红", "sun": "日", "tree": "树", "sea": "海", "bird": "鸟"}
-    rng = random.Random(0)
-    rows = []
-    for i in range(300):
-        ws = rng.choices(list(words), k=rng.randint(2, 4))
-        rows.append({"en": " ".join(ws) + f" {i}", "zh": "".join(words[w] for w in ws) + f"{i}"})
-    path = tmp_path_factory.mktemp("mt") / "pairs.jsonl"
-    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", "utf-8")
-    return path
+    return write_translation_pairs(tmp_path_factory.mktemp("mt") / "pairs.jsonl", 300)
 
 
 def _cfg(tmp_path, init, data, **over):
@@ -106,7 +97,7 @@ def test_evaluate_cli_rebuilds_the_recipe_split(tmp_path, tiny_lm_dir, pairs_fil
 def test_backbone_that_read_the_dataset_must_share_its_split():
     from scratchlm.data.parallel import Seq2SeqDataConfig
     from scratchlm.data.prepare import LeakageError
-    from scratchlm.seq2seq import check_backbone_split
+    from scratchlm.stages.seq2seq import check_backbone_split
 
     cont = {"data": {"corpora": ["wikipedia_en"]},
             "backbone": {"data": {"corpora": [{"source": "tatoeba_cmn_eng", "split": "train"}]}}}

@@ -25,28 +25,22 @@ from serve_utils import (  # noqa: E402
     ThreadServer,
     free_port,
     metric,
-    save_classifier,
     save_lm,
-    save_seq2seq,
     wait_for,
 )
 
 import scratchlm  # noqa: E402
-from scratchlm.serve import ServeError, load_models, parse_model_specs  # noqa: E402
 from scratchlm.serve.app import STATIC, create_app  # noqa: E402
+from scratchlm.serve.server import ServeError, load_models, parse_model_specs  # noqa: E402
 from scratchlm.serve.settings import ServeSettings  # noqa: E402
 
 LONG = {"model": "long", "prompt": "ROMEO:", "max_tokens": 1500, "temperature": 0}  # greedy: never hits <|eos|>
 
 
 @pytest.fixture(scope="module")
-def folders(prepared, tiny_lm_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve_models")
-    tok = prepared.tokenizer
-    return {"lm": tiny_lm_dir, "long": save_lm(root / "long" / "model", tok, block_size=2048),
-            "clf": save_classifier(root / "clf" / "model", tok),
-            "mt": save_seq2seq(root / "mt" / "model", tok, "translate"),
-            "sum": save_seq2seq(root / "sum" / "model", tok, "summarize")}
+def folders(task_folders, prepared, tmp_path_factory):
+    long = save_lm(tmp_path_factory.mktemp("serve_models") / "long" / "model", prepared.tokenizer, block_size=2048)
+    return {"lm": task_folders["lm"], "long": long, **{k: v for k, v in task_folders.items() if k != "lm"}}
 
 
 @pytest.fixture(scope="module")
@@ -462,7 +456,7 @@ def test_the_serve_verb_plugs_into_an_argparse_cli(monkeypatch):
     import argparse
 
     monkeypatch.delenv("SCRATCHLM_API_KEY", raising=False)
-    from scratchlm.serve import add_serve_parser, cmd_serve, settings_from_args
+    from scratchlm.cli.serve import add_serve_parser, cmd_serve, settings_from_args
 
     parser = argparse.ArgumentParser(prog="scratchlm")
     add_serve_parser(parser.add_subparsers(dest="verb", required=True))

@@ -1,12 +1,12 @@
-"""The pretraining stage a fine-tuning recipe runs on demand (stages.ensure_pretrained)."""
+"""The pretraining stage a fine-tuning recipe runs on demand (stages.pretrain.ensure_pretrained)."""
 
 from __future__ import annotations
 
 import pytest
 
-from scratchlm import pretrain as pretrain_stage
 from scratchlm.config import ConfigError
-from scratchlm.stages import ensure_pretrained
+from scratchlm.stages import pretrain as pretrain_stage
+from scratchlm.stages.pretrain import ensure_pretrained
 
 
 def _capture(monkeypatch) -> list:
@@ -57,7 +57,7 @@ def test_continued_pretraining_starts_from_the_init_weights_and_records_the_line
 
     from scratchlm.data.labeled import assert_not_pretrained_on
     from scratchlm.data.prepare import LeakageError
-    from scratchlm.model.io import load_model
+    from scratchlm.model.folder import load_model
 
     cfg = pretrain_stage.build_config(None, [*DATA_OVERRIDES, *TRAIN_OVERRIDES, f"init={tiny_lm_dir}",
                                              "model.n_layer=5", f"train.out_dir={tmp_path / 'cont'}",

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import lm_task, make_trainer, read_rows
 
+from scratchlm.model import checkpoint as ckpt
 from scratchlm.tasks.lm import LMTask
-from scratchlm.train import checkpoint as ckpt
 from scratchlm.train.config import TrainConfig
 from scratchlm.train.optim import lr_at
 

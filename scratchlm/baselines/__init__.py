@@ -1,31 +1,7 @@
-"""Classical (non-neural) text-classification baselines: bag-of-words / TF-IDF + logistic regression."""
+"""The models the decoder is compared with, trained and scored on the same data:
 
-from scratchlm.baselines.classical import (
-    CJK_THRESHOLD,
-    KINDS,
-    LANGUAGES,
-    SEGMENTS,
-    ClassicalConfig,
-    ClassicalModel,
-    TaggerMissingError,
-    TokenAnalyzer,
-    chinese_stopwords,
-    detect_language,
-    english_stopwords,
-    fit_classical,
-)
-
-__all__ = [
-    "CJK_THRESHOLD",
-    "KINDS",
-    "LANGUAGES",
-    "SEGMENTS",
-    "ClassicalConfig",
-    "ClassicalModel",
-    "TaggerMissingError",
-    "TokenAnalyzer",
-    "chinese_stopwords",
-    "detect_language",
-    "english_stopwords",
-    "fit_classical",
-]
+* ``classical``: bag-of-words / TF-IDF + logistic regression (classification)
+* ``rnn``: RNN / LSTM / GRU classifiers
+* ``seq2seq_rnn``: the GRU / LSTM encoder-decoder with attention (translation, summarization)
+* ``lead``: the first sentences of the source (summarization)
+"""

@@ -4,8 +4,8 @@ Two recipes (``ClassicalConfig.kind``):
 
 * ``"bow"``: exactly the textbook ``CountVectorizer()`` + ``LogisticRegression()`` with scikit-learn's
   defaults (word unigrams, lbfgs, C=1, max_iter=100); nothing is passed unless a field is set explicitly.
-  On IMDb, 100 lbfgs iterations stop before convergence (sklearn's ConvergenceWarning; 86.45% test
-  accuracy); ``max_iter=1000`` converges (425 iterations) to the textbook 86.6%.
+  100 lbfgs iterations may stop before convergence (sklearn's ConvergenceWarning); ``max_iter=1000``
+  converges (IMDb figures in docs/results.md).
 * ``"tfidf"``: the well-known strong linear baseline ``TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True,
   min_df=2)`` + ``LogisticRegression(C=TFIDF_C, max_iter=1000)``; see ``TFIDF_VECTORIZER`` / ``TFIDF_C``
   for how the settings were chosen.
@@ -50,7 +50,8 @@ from typing import Any
 
 import numpy as np
 
-KINDS = ("bow", "tfidf")
+from ..model.kinds import CLASSICAL_KINDS
+
 LANGUAGES = ("auto", "en", "zh")
 SEGMENTS = ("auto", "jieba", "none")
 
@@ -61,9 +62,9 @@ LANGUAGE_SAMPLE = 500  # texts, evenly spaced over the input
 # The tf-idf recipe. Word uni+bigrams, sublinear tf (1 + log tf) and min_df=2 (drops the long tail of
 # n-grams seen in a single document) are the usual strong settings for sentiment/topic data. A custom
 # token pattern keeping 1-letter words or stripping IMDb's <br /> tags changed nothing beyond noise
-# (+-0.1 point held out), so sklearn's tokenizer is kept. C was chosen on a held-out 20% of
-# the IMDb *training* set (C in 3, 10, 30, 100: 90.44, 90.90, 90.96, 91.02% held-out accuracy); C=30 is
-# within 0.1 point of the best and less extreme. The test set was not used to pick anything.
+# (+-0.1 point held out), so sklearn's tokenizer is kept. C was chosen on a held-out 20% of the IMDb
+# *training* set: C=30 is within 0.1 point of the best value tried and less extreme (the sweep is in
+# docs/results.md). The test set was not used to pick anything.
 TFIDF_VECTORIZER: dict[str, Any] = {"sublinear_tf": True, "min_df": 2}
 TFIDF_NGRAM_MAX = 2
 TFIDF_C = 30.0
@@ -105,8 +106,8 @@ class ClassicalConfig:
         def is_int(v) -> bool:
             return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
-        if self.kind not in KINDS:
-            raise bad("kind", f"one of {list(KINDS)}")
+        if self.kind not in CLASSICAL_KINDS:
+            raise bad("kind", f"one of {list(CLASSICAL_KINDS)}")
         if self.ngram_max is not None and not (is_int(self.ngram_max) and self.ngram_max >= 1):
             raise bad("ngram_max", "None or an integer >= 1")
         if self.language not in LANGUAGES:
@@ -578,7 +579,7 @@ def fit_classical(cfg: ClassicalConfig, texts: Sequence[str], labels: Sequence) 
     X = vectorizer.fit_transform(texts)
     t1 = time.perf_counter()
     # lbfgs on sparse features makes only vector-sized BLAS calls: extra BLAS threads add nothing but thread
-    # barriers (measured 12x slower with 2 threads on 2 busy cores), and one thread makes the weights
+    # barriers (docs/results.md, "Measurements behind the code"), and one thread makes the weights
     # bit-identical whatever the machine's core count (threaded BLAS reductions change the last bits).
     with threadpool_limits(limits=1):
         logreg.fit(X, y)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .clean import CleanConfig, clean_text
-from .prepare import LeakageError
+from .errors import LeakageError
 from .registry import DATASETS
 from .sources import DataError, _describe, _is_null, _row_origin, load_table
 

@@ -53,8 +53,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from .errors import LeakageError
 from .labeled import text_key
-from .prepare import LeakageError
 from .registry import DATASETS
 from .sources import SUPPORTED_SUFFIXES, DataError, _describe, _is_null, _read_text, _row_origin, load_table
 

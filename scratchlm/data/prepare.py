@@ -17,16 +17,13 @@ from pathlib import Path
 from ..config import to_dict
 from ..tokenizer import Tokenizer, train_tokenizer
 from .clean import CleanConfig, CleaningReport, clean_texts, unwrap_lines
+from .errors import LeakageError
 from .registry import DATASETS
 from .shards import TokenShard, write_shard
 from .sources import DataError, load_texts
 
 # Splits that hold evaluation data: they never reach tokenizer training or pretraining.
 HELD_OUT_SPLITS = ("test",)
-
-
-class LeakageError(ValueError):
-    """A held-out (test) split was asked for as training text."""
 
 
 @dataclass

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FORMATS = ("hf", "onnx", "gguf")
-LORA_MODES = ("merge", "peft")
+from .formats import FORMATS, LORA_MODES
+
 __all__ = ["FORMATS", "LORA_MODES", "ExportError", "ExportSource", "export", "load_source"]
 
 

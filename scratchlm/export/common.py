@@ -9,37 +9,25 @@ PEFT layout beside them; ``lora="peft"`` recovers base weights + adapter from th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..model.folder import LoadedModel, load_model, read_model_config
 from ..model.heads import SequenceClassifier
-from ..model.io import check_tokenizer, model_config_from_dict
-from ..model.lora import LoraConfig, load_adapter, lora_modules, merge_lora, read_adapter_config
+from ..model.lora import load_adapter, lora_modules, merge_lora
 from ..model.transformer import Transformer
-from ..tokenizer import Tokenizer
-from ..train import checkpoint as ckpt
-from . import FORMATS, LORA_MODES
+from .formats import FORMATS, LORA_MODES
 
 
 class ExportError(ValueError):
     """A model that this format cannot express, or an export request that does not make sense."""
 
 
-@dataclass
-class ExportSource:
+class ExportSource(LoadedModel):
     """A model ready to export: the module (eval mode, fp32, CPU), its tokenizer and its config.json."""
 
     model: Transformer | SequenceClassifier
-    tokenizer: Tokenizer
-    config: dict
-    folder: Path | None = None
-    lora: LoraConfig | None = None  # set while ``model`` carries unmerged LoRA layers
-
-    @property
-    def task(self) -> str:
-        return self.config.get("task") or "lm"
 
     @property
     def is_classifier(self) -> bool:
@@ -54,27 +42,21 @@ class ExportSource:
         return any(not m.merged for m in lora_modules(self.model).values())
 
 
-def _build(config: dict, folder: Path) -> Transformer | SequenceClassifier:
+def _check_decoder(config: dict, folder: Path) -> None:
+    """Refuse, before loading, a folder that does not hold a float32 Llama-architecture decoder."""
     if config.get("quantization"):
         q = config["quantization"]
         raise ExportError(f"{folder}/config.json: quantization={q.get('method')!r}: this is an int8 model made by "
                           f"`scratchlm quantize`; export the fp32 model it came from ({q.get('source', '?')}) "
                           f"instead (ONNX has its own int8 variant: --format onnx --int8)")
-    task = config.get("task") or "lm"
-    if task == "classify":
-        kind = config.get("kind")
+    kind = config.get("kind")
+    if (config.get("task") or "lm") == "classify":
         if kind != "decoder":
             raise ExportError(f"{folder}/config.json: kind={kind!r}: only decoder classifiers are Llama models; "
                               f"the {kind} baseline has no HF/ONNX/GGUF export")
-        c = config["classifier"]
-        mcfg = model_config_from_dict(config["model"])
-        return SequenceClassifier(Transformer(mcfg), c["num_labels"], pooling=c["pooling"],
-                                  dropout=c.get("dropout", 0.0), pad_id=c.get("pad_id"),
-                                  label_names=c.get("label_names"), bias=c.get("bias", False))
-    if "model" not in config or config.get("kind") in ("gru", "lstm"):
-        raise ExportError(f"{folder}/config.json: kind={config.get('kind')!r}: not a decoder model, nothing to export "
+    elif "model" not in config or kind in ("gru", "lstm"):
+        raise ExportError(f"{folder}/config.json: kind={kind!r}: not a decoder model, nothing to export "
                           f"as a Llama architecture")
-    return Transformer(model_config_from_dict(config["model"]))
 
 
 def load_source(path: str | Path, *, adapter: str | Path | None = None, lora: str | None = None) -> ExportSource:
@@ -86,33 +68,24 @@ def load_source(path: str | Path, *, adapter: str | Path | None = None, lora: st
     exported on its own."""
     if lora is not None and lora not in LORA_MODES:
         raise ExportError(f"--lora {lora!r}: choose one of {', '.join(LORA_MODES)}")
-    folder = ckpt.resolve(path)
-    ckpt.verify(folder)
-    config = ckpt.read_config(folder)
-    model = _build(config, folder)
-    tokenizer = Tokenizer.load(folder)
-    check_tokenizer(config, tokenizer, folder, model.cfg.vocab_size)
-    ckpt.load_model_weights(model, ckpt.load_tensors(folder), str(folder / "model.safetensors"))
-    model.eval()
-    src = ExportSource(model, tokenizer, config, folder)
+    folder, config = read_model_config(path)
+    _check_decoder(config, folder)
+    src = ExportSource.view(load_model(folder, adapter=adapter))
     saved = config.get("lora") or {}
     if adapter is None and lora == "peft":
         if not saved.get("adapter"):
             raise ExportError(f"--lora peft: {folder} was not fine-tuned with LoRA (config.json has no 'lora' "
                               f"section); pass the adapter folder with --adapter")
-        adapter = Path(saved["adapter"])
-        if not adapter.is_absolute() and not adapter.exists():
-            adapter = folder.parent / adapter.name
-        src.lora = load_adapter(model, adapter, freeze=False)
+        saved_adapter = Path(saved["adapter"])
+        if not saved_adapter.is_absolute() and not saved_adapter.exists():
+            saved_adapter = folder.parent / saved_adapter.name
+        src.lora = load_adapter(src.model, saved_adapter, freeze=False)
         with torch.no_grad():  # the folder holds merged weights: subtract the adapter to get the base back
-            for m in lora_modules(model).values():
+            for m in lora_modules(src.model).values():
                 m.merged = True
                 m.unmerge()
-    elif adapter is not None:
-        read_adapter_config(adapter)  # a clear error when the folder is not an adapter
-        src.lora = load_adapter(model, adapter, freeze=False)
-    model.eval()
-    for p in model.parameters():
+    src.model.eval()
+    for p in src.model.parameters():
         p.requires_grad_(False)
     return src
 

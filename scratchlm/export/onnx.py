@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..generate import _attention_mask
+from ..infer.generate import causal_padding_mask
 from ..model.heads import padded_attention_mask, pool
 from ..model.transformer import Transformer
 from .common import ExportSource, check_exportable, resolve_lora
@@ -76,7 +76,7 @@ class CausalLMWithPast(nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, past_key_values):
         past = [(past_key_values[2 * i], past_key_values[2 * i + 1]) for i in range(len(past_key_values) // 2)]
         start = attention_mask.shape[1] - input_ids.shape[1]
-        mask = _attention_mask(attention_mask.bool(), start)
+        mask = causal_padding_mask(attention_mask.bool(), start)
         cache = _ConcatCache(past)
         hidden = self.model(input_ids, position_ids=position_ids, mask=mask, cache=cache)
         logits = self.model.lm_head(hidden)

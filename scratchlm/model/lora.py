@@ -27,7 +27,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..train.checkpoint import CheckpointError, write_json_atomic
+from .checkpoint import CheckpointError, write_json_atomic
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -28,7 +28,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     dropout: float = 0.0  # on embeddings and residual branches
-    attn_dropout: float = 0.0  # on attention probabilities; > 0 moves SDPA off its fused CPU kernel (2.2x slower)
+    attn_dropout: float = 0.0  # on attention probabilities; > 0 moves SDPA off its fused CPU kernel
     tie_embeddings: bool = True
     init_std: float = 0.02
     extra: dict = field(default_factory=dict)  # free-form metadata, carried into config.json
@@ -111,9 +111,6 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.pos = 0  # number of positions already filled
-        # The model's decode-layout weights (``Transformer._decode_pack``), looked up once per generation:
-        # checking them for staleness walks every layer, which costs as much as a small model's decode step.
-        self.packs: list[dict] | None | bool = False  # False = not looked up yet
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = k.shape[2]
@@ -183,48 +180,9 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, mask=None, cache=None, pack: dict | None = None):
-        if pack is not None:
-            return self._decode(x, cos, mask, cache, pack)  # cos holds the complex rotations here
+    def forward(self, x, cos, sin, mask=None, cache=None):
         x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, mask, cache))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
-
-    def _decode(self, x, cis, mask, cache, pack):
-        """Inference with a KV cache on the packed weights of ``Transformer._decode_pack``: the arithmetic of
-        ``forward`` in eval mode, rearranged so that a decode step runs few small ops (at batch 1 a small
-        model's step is mostly per-op overhead): 4 matmuls instead of 7, the norms' gains and the attention
-        scale folded into the weights, and rotary embeddings as one complex multiply (the pack stores q/k
-        features in interleaved pairs, so ``cis`` holds the rotations as complex numbers, (T, 1, D/2) or
-        (B, T, 1, D/2)). The cached keys are in that pair order too (the scores do not change: q and k are
-        permuted alike), so a cache filled here is read only here."""
-        a = self.attn
-        B, T, _ = x.shape
-        H, KV, D = a.n_head, a.n_kv_head, a.head_dim
-        qkv = F.linear(_unit_rms(x, self.attn_norm.eps), pack["qkv"]).view(B, T, H + 2 * KV, D)
-        qk = torch.view_as_real(torch.view_as_complex(qkv[:, :, :H + KV].unflatten(-1, (D // 2, 2))) * cis)
-        qk = qk.view(B, T, H + KV, D)  # (B, T, heads, D), q already scaled by 1/sqrt(D)
-        k, v = cache.update(a.layer_idx, qk[:, :, H:].transpose(1, 2), qkv[:, :, H + KV:].transpose(1, 2))
-        if T == 1:
-            # One query per row: attention is two small matmuls. Grouped heads share their K/V without
-            # copying it (the query heads of a group become rows), which the fused SDPA kernel cannot.
-            att = qk[:, 0, :H].reshape(B, KV, H // KV, D) @ k.transpose(-1, -2)  # (B, KV, H/KV, S)
-            if mask is not None:  # (B, 1, 1, S): padding keys hidden
-                att = att.masked_fill(~mask, float("-inf"))
-            y = (att.softmax(dim=-1) @ v).view(B, 1, H * D)
-        else:
-            y = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), k, v, attn_mask=mask,
-                                               is_causal=mask is None, scale=1.0,
-                                               enable_gqa=KV != H).transpose(1, 2).reshape(B, T, H * D)
-        x = x + F.linear(y, pack["o"])
-        gate, up = F.linear(_unit_rms(x, self.mlp_norm.eps), pack["gate_up"]).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, pack["down"])
-
-
-def _unit_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm without its gain (folded into the next matmul by the decode pack), in 4 ops: the squared norm
-    from ``vector_norm``, then ``x / sqrt(|x|^2 / n + eps)``."""
-    n2 = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    return x * torch.addcmul(torch.full_like(n2, eps), n2, n2, value=1.0 / x.shape[-1]).rsqrt_()
 
 
 class Transformer(nn.Module):
@@ -303,7 +261,16 @@ class Transformer(nn.Module):
         mask: optional boolean (B, 1, T, S) attention mask, True = may attend (padding, packed documents).
         cache: a KVCache; tokens are written at cache.pos and the caller advances cache.pos.
         """
-        B, T = idx.shape
+        cos, sin, mask = self.positions(idx, position_ids, mask, cache)
+        x = self.drop(self.embed(idx))
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache)
+        return self.norm(x)
+
+    def positions(self, idx: torch.Tensor, position_ids: torch.Tensor | None, mask: torch.Tensor | None,
+                  cache: KVCache | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The rotary tables (cos, sin) for the tokens of ``idx`` and the attention mask to use with them."""
+        T = idx.shape[1]
         start = cache.pos if cache is not None else 0
         if position_ids is None and start + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds the context length {self.cfg.block_size}")
@@ -311,88 +278,7 @@ class Transformer(nn.Module):
         if cache is not None and mask is None and start > 0 and T > 1:
             # chunked prefill on top of a filled cache: causal over the new block, full over the past
             mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
-        x = self.drop(self.embed(idx))
-        packs = self._cache_packs(cache)
-        if packs:
-            # the decode path rotates q/k as complex pairs: (T, 1, D/2) or, per row, (B, T, 1, D/2)
-            half = self.cfg.head_dim // 2
-            cis = torch.complex(cos[..., :half], sin[..., :half])
-            cos = cis.unsqueeze(1) if cis.dim() == 2 else cis.transpose(1, 2)
-            for i, layer in enumerate(self.layers):
-                x = layer(x, cos, None, mask, cache, packs[i])
-        else:
-            for layer in self.layers:
-                x = layer(x, cos, sin, mask, cache)
-        return self.norm(x)
-
-    def head(self, hidden: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits from final hidden states: ``lm_head``, on the packed weight when decoding (below); pass the
-        generation's ``cache`` to reuse the packs it holds."""
-        packs = self._cache_packs(cache) if cache is not None else self._decode_pack()
-        return F.linear(hidden, packs[-1]["lm_head"]) if packs else self.lm_head(hidden)
-
-    def _cache_packs(self, cache) -> list[dict] | None:
-        """The decode packs for a forward pass with ``cache``: looked up on the cache's first use and kept on
-        it (the weights do not change within one generation); none while autograd or training mode is on."""
-        if not isinstance(cache, KVCache) or self.training or torch.is_grad_enabled():
-            return None
-        if cache.packs is False:
-            cache.packs = self._decode_pack()
-        return cache.packs
-
-    def _decode_pack(self) -> list[dict] | None:
-        """Weights laid out for decoding a few tokens at a time on CPU, or None where that does not apply.
-
-        A decode step multiplies one row by every weight matrix, and there the layout decides the speed: a
-        column-major ``(out, in)`` matrix (the ``(in, out)`` matrix, contiguous) streams through the
-        GEMV faster than PyTorch's row-major ``nn.Linear`` weight on x86 CPUs, and fusing q/k/v and
-        gate/up saves three matmuls and their dispatch per block (``benchmarks/decode_layout.py``: 1.67x
-        less matmul time per step for runs/imdb_lm/model on the project machine). Each block's pack also
-        carries its two RMSNorm gains (multiplied into the columns of q/k/v and gate/up), the attention scale
-        (in q) and q/k in the pair order ``Block._decode`` rotates as complex numbers. The pack is a copy
-        (one more set of weights in memory), made on first use in inference and remade when any weight
-        changes (tensor version counters), so training, loading a state dict or merging LoRA never leave
-        it stale. It applies to eval-mode, no-grad, float32 CPU models (bf16 matmuls on a column-major
-        weight take a slow path) whose projections are plain ``nn.Linear`` layers without bias: LoRA
-        layers, int8 layers, training, tracing and export take the ordinary path."""
-        if (self.training or torch.is_grad_enabled() or self.embed.weight.device.type != "cpu"
-                or torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
-            return None
-        mods = [self.lm_head]
-        for blk in self.layers:
-            mods += [blk.attn.q_proj, blk.attn.k_proj, blk.attn.v_proj, blk.attn.o_proj,
-                     blk.mlp.gate_proj, blk.mlp.up_proj, blk.mlp.down_proj]
-        if any(type(m) is not nn.Linear or m.bias is not None or m.weight.dtype != torch.float32 for m in mods):
-            return None
-        gains = [w for b in self.layers for w in (b.attn_norm.weight, b.mlp_norm.weight)]
-        key = tuple((w.data_ptr(), w._version, w.dtype) for w in [m.weight for m in mods] + gains)
-        cached = getattr(self, "_pack_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-
-        def colmajor(*ws: torch.Tensor) -> torch.Tensor:
-            return torch.cat(ws, dim=0).t().contiguous().t()
-
-        D = self.cfg.head_dim
-        # rotate-half feature order [0..D/2-1, D/2..D-1] -> pairs (i, i + D/2) side by side, per head
-        pairs = torch.stack([torch.arange(D // 2), torch.arange(D // 2, D)], dim=1).flatten()
-
-        def interleave(w: torch.Tensor, heads: int) -> torch.Tensor:
-            return w.view(heads, D, -1)[:, pairs].reshape(heads * D, -1)
-
-        with torch.no_grad():
-            packs = []
-            for b in self.layers:
-                a = b.attn
-                qkv = torch.cat([interleave(a.q_proj.weight, a.n_head) / math.sqrt(D),
-                                 interleave(a.k_proj.weight, a.n_kv_head), a.v_proj.weight])
-                gate_up = torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight])
-                packs.append({"qkv": colmajor(qkv * b.attn_norm.weight), "o": colmajor(a.o_proj.weight),
-                              "gate_up": colmajor(gate_up * b.mlp_norm.weight),
-                              "down": colmajor(b.mlp.down_proj.weight)})
-            packs.append({"lm_head": colmajor(self.lm_head.weight)})
-        self._pack_cache = (key, packs)
-        return packs
+        return cos, sin, mask
 
     def logits(self, idx: torch.Tensor, **kw) -> torch.Tensor:
         return self.lm_head(self(idx, **kw))

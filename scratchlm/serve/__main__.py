@@ -1,7 +1,7 @@
-"""``python -m scratchlm.serve --model DIR ...`` (the same as ``scratchlm serve``)."""
+"""``python -m scratchlm.serve ...``: the same as ``scratchlm serve ...``."""
 
 import sys
 
-from . import main
+from scratchlm.cli import main
 
-sys.exit(main())
+raise SystemExit(main(["serve", *sys.argv[1:]]))

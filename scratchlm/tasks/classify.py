@@ -71,20 +71,20 @@ def collate(rows: Sequence[np.ndarray], pad_id: int, pad_multiple: int = 1) -> t
     return torch.from_numpy(idx), torch.from_numpy(mask)
 
 
-def length_grouped_order(lengths: np.ndarray, gb: int, seed: int, epoch: int) -> np.ndarray:
-    """One epoch's row order in whole batches of ``gb`` rows: a seeded shuffle, sorted by length within
+def length_grouped_order(lengths: np.ndarray, global_batch: int, seed: int, epoch: int) -> np.ndarray:
+    """One epoch's row order in whole batches of ``global_batch`` rows: a seeded shuffle, sorted by length within
     pools of POOL_BATCHES batches, batches in a seeded random order (the remainder that does not fill a
     batch is left out; fewer rows than a batch are repeated)."""
     rng = np.random.Generator(np.random.PCG64([seed, epoch]))
     perm = rng.permutation(len(lengths))
-    n = max(1, len(lengths) // gb) * gb
-    if len(perm) < gb:
-        perm = np.resize(perm, gb)
+    n = max(1, len(lengths) // global_batch) * global_batch
+    if len(perm) < global_batch:
+        perm = np.resize(perm, global_batch)
     batches = []
-    for lo in range(0, n, gb * POOL_BATCHES):
-        chunk = perm[lo:min(lo + gb * POOL_BATCHES, n)]
+    for lo in range(0, n, global_batch * POOL_BATCHES):
+        chunk = perm[lo:min(lo + global_batch * POOL_BATCHES, n)]
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches += [chunk[i:i + gb] for i in range(0, len(chunk), gb)]
+        batches += [chunk[i:i + global_batch] for i in range(0, len(chunk), global_batch)]
     return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
 
 
@@ -118,7 +118,35 @@ def balanced_weights(labels: np.ndarray, num_labels: int) -> np.ndarray:
     return np.where(counts > 0, len(labels) / (num_labels * np.maximum(counts, 1)), 0.0)
 
 
-class ClassifyTask:
+class LengthGroupedBatches:
+    """A task's batching by length: whole global batches of rows of similar length, in a seeded random order
+    per epoch, so a micro-batch's rows depend on (seed, step) alone, not on accumulation or the number of
+    processes. The task sets ``lengths`` (one per training row), ``seed`` and ``_plan = None``."""
+
+    lengths: np.ndarray
+    seed: int
+    _plan: tuple[int, int, np.ndarray] | None  # (epoch, global batch, order)
+
+    def steps_per_epoch(self, global_batch: int) -> int:
+        return max(1, len(self.lengths) // global_batch)
+
+    def _epoch_order(self, epoch: int, global_batch: int) -> np.ndarray:
+        """Row order of one epoch: whole global batches of similar lengths, in a seeded random order."""
+        if self._plan is None or self._plan[:2] != (epoch, global_batch):
+            self._plan = (epoch, global_batch, length_grouped_order(self.lengths, global_batch, self.seed, epoch))
+        return self._plan[2]
+
+    def micro_rows(self, step: int, n_micro: int, micro_batch_size: int, rank: int,
+                   world_size: int) -> list[np.ndarray]:
+        """The training rows of this process's ``n_micro`` micro-batches at ``step``."""
+        global_batch = n_micro * micro_batch_size * world_size
+        epoch, pos = divmod(step, self.steps_per_epoch(global_batch))
+        rows = self._epoch_order(epoch, global_batch)[pos * global_batch:(pos + 1) * global_batch]
+        starts = [(m * world_size + rank) * micro_batch_size for m in range(n_micro)]
+        return [rows[lo:lo + micro_batch_size] for lo in starts]
+
+
+class ClassifyTask(LengthGroupedBatches):
     """Labelled token rows -> micro-batches of ``idx``/``attention_mask``/``labels`` for the Trainer."""
 
     def __init__(self, model: nn.Module, train_rows: list[np.ndarray], train_labels: np.ndarray,
@@ -145,23 +173,9 @@ class ClassifyTask:
     def loss_module(self) -> nn.Module:
         return WeightedClassificationLoss(self.model, self.class_weights, self.label_smoothing)
 
-    def steps_per_epoch(self, global_batch: int) -> int:
-        return max(1, len(self.train_rows) // global_batch)
-
-    def _epoch_order(self, epoch: int, gb: int) -> np.ndarray:
-        """Row order of one epoch: whole global batches of similar lengths, in a seeded random order."""
-        if self._plan is None or self._plan[:2] != (epoch, gb):
-            self._plan = (epoch, gb, length_grouped_order(self.lengths, gb, self.seed, epoch))
-        return self._plan[2]
-
     def micro_batches(self, step, n_micro, micro_batch_size, rank, world_size):
-        gb = n_micro * micro_batch_size * world_size
-        epoch, pos = divmod(step, self.steps_per_epoch(gb))
-        rows = self._epoch_order(epoch, gb)[pos * gb:(pos + 1) * gb]
         out = []
-        for m in range(n_micro):
-            lo = (m * world_size + rank) * micro_batch_size
-            sel = rows[lo:lo + micro_batch_size]
+        for sel in self.micro_rows(step, n_micro, micro_batch_size, rank, world_size):
             idx, mask = collate([self.train_rows[i] for i in sel], self.pad_id, self.pad_multiple)
             out.append({"idx": idx, "attention_mask": mask, "labels": torch.from_numpy(self.train_labels[sel]),
                         "count": len(sel)})

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .classify import length_grouped_order, truncate_head_tail
+from .classify import LengthGroupedBatches, truncate_head_tail
 
 TASK_TOKENS = {"translate": "<|translate|>", "summarize": "<|summarize|>"}
 LANG_TOKENS = {"en": "<|en|>", "zh": "<|zh|>"}
@@ -229,9 +229,9 @@ class Seq2SeqTask:
         return epoch, j
 
     def micro_batches(self, step, n_micro, micro_batch_size, rank, world_size):
-        gb = n_micro * micro_batch_size * world_size
+        global_batch = n_micro * micro_batch_size * world_size
         picks = []
-        for j in range(step * gb, (step + 1) * gb):
+        for j in range(step * global_batch, (step + 1) * global_batch):
             epoch, pos = self.locate(j)
             picks.append(self.epoch_rows(epoch)[pos])
         out = []
@@ -268,12 +268,12 @@ class Seq2SeqTask:
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50))}
 
 
-class Seq2SeqRNNTask:
+class Seq2SeqRNNTask(LengthGroupedBatches):
     """(source ids, target ids) pairs for the recurrent encoder-decoder baseline, in length-grouped batches."""
 
     def __init__(self, model: nn.Module, train: list[tuple[list[int], list[int]]],
                  val: list[tuple[list[int], list[int]]], *, seed: int = 1337, eval_batch_size: int = 32) -> None:
-        from ..model.seq2seq_rnn import Seq2SeqRNNLoss, make_batch
+        from ..baselines.seq2seq_rnn import Seq2SeqRNNLoss, make_batch
 
         if not train:
             raise ValueError("no training examples")
@@ -286,22 +286,10 @@ class Seq2SeqRNNTask:
     def loss_module(self) -> nn.Module:
         return self._loss(self.model)
 
-    def steps_per_epoch(self, gb: int) -> int:
-        return max(1, len(self.train) // gb)
-
-    def _epoch_order(self, epoch: int, gb: int) -> np.ndarray:
-        if self._plan is None or self._plan[:2] != (epoch, gb):
-            self._plan = (epoch, gb, length_grouped_order(self.lengths, gb, self.seed, epoch))
-        return self._plan[2]
-
     def micro_batches(self, step, n_micro, micro_batch_size, rank, world_size):
-        gb = n_micro * micro_batch_size * world_size
-        epoch, pos = divmod(step, self.steps_per_epoch(gb))
-        rows = self._epoch_order(epoch, gb)[pos * gb:(pos + 1) * gb]
         out = []
-        for m in range(n_micro):
-            lo = (m * world_size + rank) * micro_batch_size
-            batch = self._make_batch([self.train[i] for i in rows[lo:lo + micro_batch_size]], self.model.cfg)
+        for sel in self.micro_rows(step, n_micro, micro_batch_size, rank, world_size):
+            batch = self._make_batch([self.train[i] for i in sel], self.model.cfg)
             out.append({**batch, "count": int((batch["tgt_out"] != -100).sum())})
         return out
 

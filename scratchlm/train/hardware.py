@@ -26,8 +26,8 @@ def pick_device(name: str = "auto") -> torch.device:
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU multiplies bf16 matrices in hardware (AVX-512 BF16 or AMX).
 
-    Without it PyTorch falls back to a scalar path that is ~100x slower than fp32 (measured on an
-    AVX2-only EPYC: 1 GFLOP/s bf16 vs 70+ GFLOP/s fp32), so bf16 must never be chosen blindly."""
+    Without it PyTorch falls back to a scalar path far slower than fp32 (docs/results.md), so bf16 must never
+    be chosen blindly."""
     cap = torch.backends.cpu.get_cpu_capability()
     if "AVX512" not in cap:
         return False

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import checkpoint as ckpt
+from ..model import checkpoint as ckpt
 from . import distributed as dist_utils
 from .config import TrainConfig
 from .hardware import autocast, measure_matmul_peak, pick_device, pick_dtype
@@ -149,7 +149,7 @@ class Trainer:
         """compile=auto: on when the run is long enough to repay compilation (~1 min on a laptop CPU).
 
         On CPU, eager mode runs every elementwise op (RMSNorm, RoPE, SwiGLU, AdamW) as its own pass over
-        memory; inductor fuses them, which measured 5-7x faster per step for the 6-layer/384-wide model."""
+        memory; inductor fuses them, several times faster per step (docs/results.md)."""
         cfg = self.cfg
         if cfg.compile == "off":
             return False

@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-CELLS = ("rnn", "lstm", "gru")
+from ..model.kinds import RECURRENT_CLASSIFIER_KINDS as CELLS  # a recurrent classifier's kind is its cell
+
 POOLINGS = ("last", "max", "mean")
 _CELL_CLASSES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 

@@ -1,14 +1,9 @@
-"""int8 models for CPU inference: ``scratchlm quantize --model DIR --method int8``.
+"""int8 layers: the decoder's linear layers and token embedding stored as int8 with one float32 scale per
+output channel (per token row for the embedding), as ``scratchlm quantize`` writes them (``scratchlm.infer.
+quantize``). ``apply_int8`` loads such a state dict into a freshly built model; the model folder loader calls
+it for every folder whose config.json has a ``quantization`` section, so every verb runs int8 folders.
 
-What is quantized: every linear layer of the decoder blocks and the token embedding (with the output head
-tied to it), symmetric int8 per output channel (per token row for the embedding), computed by torchao
-(``Int8Tensor.from_hp``, ``PerRow`` granularity). Norms, the rotary tables and a classifier's small ``score``
-layer stay float32. The folder is an ordinary scratchlm model folder (config.json, model.safetensors,
-tokenizer, manifest): ``model.safetensors`` holds ``<layer>.weight`` as int8 and ``<layer>.weight_scale`` as
-float32, and config.json a ``quantization`` section, so ``load_model`` / ``load_classifier`` (and every verb
-built on them: generate, classify, translate, evaluate, serve) load it like any model.
-
-At load time the int8 matrices run on one of two kernels (``SCRATCHLM_INT8_BACKEND=auto|fbgemm|torchao``):
+The int8 matrices run on one of two kernels (``SCRATCHLM_INT8_BACKEND=auto|fbgemm|torchao``):
 
 * ``fbgemm`` (x86, the default where PyTorch ships it): dynamic int8 linear (``torch.ops.quantized.
   linear_dynamic``): activations quantized per call, int8 x int8 matmul with int32 accumulation.
@@ -21,7 +16,6 @@ Neither available: loading fails with an error that says what to install or whic
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -30,106 +24,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .train import checkpoint as ckpt
+from .checkpoint import CheckpointError
 
-METHODS = ("int8",)
 BACKENDS = ("auto", "fbgemm", "torchao")
 SCALE_SUFFIX = "_scale"
 
 
-class QuantizationError(ckpt.CheckpointError):
+class QuantizationError(CheckpointError):
     """A model that cannot be quantized, or an int8 model this machine cannot run."""
 
 
-# ---- quantizing ------------------------------------------------------------------------------------------
-def int8_per_row(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 values, float32 scale per row) of ``w`` by torchao: symmetric, one scale per output channel."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from torchao.quantization import Int8Tensor
-            from torchao.quantization.granularity import PerRow
-    except ImportError as e:
-        raise QuantizationError("int8 quantization needs torchao: pip install torchao") from e
-    t = Int8Tensor.from_hp(w.detach().float().cpu(), granularity=PerRow())
-    return t.qdata.contiguous(), t.scale.reshape(-1).float().contiguous()
-
-
-def _quantized_modules(model: nn.Module) -> list[str]:
-    """Paths of the linear layers to quantize: every nn.Linear of the decoder blocks (not the output heads)."""
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in f".{name}"]
-
-
-def _embedding_path(model: nn.Module) -> str:
-    return "backbone.embed" if hasattr(model, "backbone") else "embed"
-
-
-def quantize_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
-    """The int8 state dict of a loaded fp32 model (Transformer or SequenceClassifier) and its description."""
-    state = ckpt.model_state(model)
-    linears = _quantized_modules(model)
-    emb = _embedding_path(model)
-    backbone = model.backbone if hasattr(model, "backbone") else model
-    tied = backbone.lm_head.weight is backbone.embed.weight
-    untied_head = [] if tied or hasattr(model, "backbone") else ["lm_head"]
-    for path in [*linears, emb, *untied_head]:
-        q, s = int8_per_row(state[f"{path}.weight"])
-        state[f"{path}.weight"] = q
-        state[f"{path}.weight{SCALE_SUFFIX}"] = s
-    info = {"method": "int8", "weights": "int8, symmetric, one scale per output channel (per token for the "
-            "embedding)", "activations": "int8 dynamic (fbgemm) or float32 (torchao weight-only)",
-            "library": "torchao", "modules": [*linears, *untied_head], "embedding": emb, "tied_output": tied}
-    try:
-        import torchao
-
-        info["torchao_version"] = torchao.__version__
-    except ImportError:
-        pass
-    return state, info
-
-
-def quantize_folder(path: str | Path, out: str | Path, method: str = "int8") -> Path:
-    """Quantize the model folder ``path`` into a new folder ``out``; returns ``out``."""
-    if method not in METHODS:
-        raise QuantizationError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
-    folder = ckpt.resolve(path)
-    config = ckpt.read_config(folder)
-    if config.get("quantization"):
-        q = config["quantization"]
-        raise QuantizationError(f"{folder} is already quantized (config.json quantization.method="
-                                f"{q.get('method')!r}); quantize the fp32 model it came from "
-                                f"({q.get('source', 'unknown')}) instead")
-    model, tokenizer = _load_fp32(folder, config)
-    state, info = quantize_state(model)
-    info["source"] = str(folder)
-    out_config = {**config, "quantization": info}
-    extra = {}
-    if (folder / "source.json").exists():
-        extra["source.json"] = json.loads((folder / "source.json").read_text("utf-8"))
-    return ckpt.save_checkpoint(Path(out), model_tensors=state, config=out_config, tokenizer=tokenizer,
-                                extra_files=extra)
-
-
-def _load_fp32(folder: Path, config: dict):
-    task = config.get("task") or "lm"
-    if task == "classify":
-        if config.get("kind") != "decoder":
-            raise QuantizationError(f"{folder}/config.json: kind={config.get('kind')!r}: int8 quantization is for "
-                                    f"decoder models (the classical and recurrent baselines are not quantized)")
-        from .classify import load_classifier
-
-        loaded = load_classifier(folder)
-        return loaded.model, loaded.tokenizer
-    if config.get("kind") in ("gru", "lstm"):
-        raise QuantizationError(f"{folder}/config.json: kind={config.get('kind')!r}: int8 quantization is for "
-                                f"decoder models")
-    from .model.io import load_model
-
-    loaded = load_model(folder)
-    return loaded.model, loaded.tokenizer
-
-
-# ---- running ---------------------------------------------------------------------------------------------
 def _fbgemm_available() -> bool:
     engines = torch.backends.quantized.supported_engines
     if not ({"fbgemm", "x86"} & set(engines)) or not hasattr(torch.ops.quantized, "linear_dynamic"):
@@ -265,18 +169,3 @@ def apply_int8(model: nn.Module, tensors: dict[str, torch.Tensor], info: dict, f
     for p in model.parameters():
         p.requires_grad_(False)
     return backend
-
-
-def is_quantized(config: dict) -> bool:
-    return bool(config.get("quantization"))
-
-
-# ---- command line (the parser is scratchlm.export.cli.add_quantize_parser: no torch import to build it) ----
-def cmd_quantize(args, extra=None) -> int:
-    src = ckpt.resolve(args.model)
-    out = Path(args.out) if args.out else src.with_name(f"{src.name}-{args.method}")
-    folder = quantize_folder(src, out, args.method)
-    size = lambda p: (p / "model.safetensors").stat().st_size  # noqa: E731
-    print(f"wrote {folder} ({size(folder) / 1e6:.2f} MB, fp32 {size(src) / 1e6:.2f} MB: "
-          f"{size(src) / size(folder):.2f}x smaller); int8 kernel here: {choose_backend(None, str(src))}")
-    return 0

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from scratchlm.model.transformer import KVCache, Transformer
+from ..model.transformer import KVCache, Transformer
+from ..tokenizer import IncrementalDecoder
+from . import decode_pack
 
 
 @dataclass
@@ -48,27 +50,27 @@ class SamplingConfig:
             if not ok:
                 raise ValueError(f"SamplingConfig.{msg}")
 
-        check(_is_int(self.max_new_tokens) and self.max_new_tokens >= 0,
+        check(is_int(self.max_new_tokens) and self.max_new_tokens >= 0,
               f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
         check(isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
               and self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        check(self.top_k is None or (_is_int(self.top_k) and self.top_k >= 1),
+        check(self.top_k is None or (is_int(self.top_k) and self.top_k >= 1),
               f"top_k must be None or an integer >= 1, got {self.top_k!r}")
         check(self.top_p is None or (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1),
               f"top_p must be None or in (0, 1], got {self.top_p!r}")
         check(isinstance(self.repetition_penalty, (int, float)) and math.isfinite(self.repetition_penalty)
               and self.repetition_penalty > 0,
               f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty!r}")
-        check(_is_int(self.no_repeat_ngram_size) and self.no_repeat_ngram_size >= 0,
+        check(is_int(self.no_repeat_ngram_size) and self.no_repeat_ngram_size >= 0,
               f"no_repeat_ngram_size must be an integer >= 0 (0 = off), got {self.no_repeat_ngram_size!r}")
-        check(all(_is_int(t) and t >= 0 for t in self.stop_token_ids),
+        check(all(is_int(t) and t >= 0 for t in self.stop_token_ids),
               f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
         check(all(isinstance(s, str) and s for s in self.stop_strings),
               f"stop_strings must be non-empty strings, got {self.stop_strings!r}")
-        check(self.seed is None or _is_int(self.seed), f"seed must be None or an integer, got {self.seed!r}")
+        check(self.seed is None or is_int(self.seed), f"seed must be None or an integer, got {self.seed!r}")
 
 
-def _is_int(x) -> bool:
+def is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
@@ -127,7 +129,7 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | 
 
 # ---- the decoding engine ----------------------------------------------------------------------------------
 
-def _attention_mask(valid: torch.Tensor, q_start: int) -> torch.Tensor:
+def causal_padding_mask(valid: torch.Tensor, q_start: int) -> torch.Tensor:
     """(B, 1, T, S) "may attend" mask for queries at columns q_start..S-1 over keys 0..S-1.
 
     Causal, padding keys hidden. Each position may always attend to itself, so a padding query never has
@@ -139,7 +141,7 @@ def _attention_mask(valid: torch.Tensor, q_start: int) -> torch.Tensor:
     return allowed.unsqueeze(1)
 
 
-def _check_prompts(prompts: list[list[int]], vocab_size: int) -> None:
+def check_prompts(prompts: list[list[int]], vocab_size: int) -> None:
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty; give at least one token (e.g. BOS or EOS)")
@@ -147,7 +149,7 @@ def _check_prompts(prompts: list[list[int]], vocab_size: int) -> None:
             raise ValueError(f"prompt {i} has a token id outside [0, {vocab_size}) (the vocabulary)")
 
 
-def _left_pad(prompts: list[list[int]], pad_id: int, total: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(prompts: list[list[int]], pad_id: int, total: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, valid), both (B, total): each prompt ends at column max(len) - 1; pad_id / False elsewhere."""
     longest = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), total), pad_id, dtype=torch.long, device=device)
@@ -158,7 +160,7 @@ def _left_pad(prompts: list[list[int]], pad_id: int, total: int, device) -> tupl
     return ids, valid
 
 
-def _last_logits(model: Transformer, ids: torch.Tensor, valid: torch.Tensor, start: int,
+def last_logits(model: Transformer, ids: torch.Tensor, valid: torch.Tensor, start: int,
                  cache: KVCache | None) -> torch.Tensor:
     """fp32 logits (B, V) for the token after column S-1, where valid is (B, S) and ids holds columns start..S-1.
 
@@ -169,18 +171,18 @@ def _last_logits(model: Transformer, ids: torch.Tensor, valid: torch.Tensor, sta
         # No padding (prompts of one length): positions are the columns and attention is plain causal, which
         # the model does without building a mask or gathering rotary rows -- most of a batch-1 decode step's
         # overhead at small sizes. Same result as the masked path (tested).
-        hidden = model(ids, cache=cache)
+        hidden = decode_pack.forward(model, ids, cache=cache)
     else:
         positions = (valid.cumsum(dim=1) - 1).clamp(min=0)[:, start:end]
-        mask = _attention_mask(valid, start)
-        hidden = model(ids, position_ids=positions, mask=mask, cache=cache)
+        mask = causal_padding_mask(valid, start)
+        hidden = decode_pack.forward(model, ids, position_ids=positions, mask=mask, cache=cache)
     if cache is not None:
         cache.pos = end
-    return model.head(hidden[:, -1], cache).float()
+    return decode_pack.logits(model, hidden[:, -1], cache).float()
 
 
 @contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module):
+def eval_mode(model: torch.nn.Module):
     was_training = model.training
     model.eval()
     try:
@@ -196,14 +198,14 @@ class _BatchDecoder:
     def __init__(self, model: Transformer, prompts: list[list[int]], cfg: SamplingConfig, *,
                  pad_id: int, eos_id: int | None) -> None:
         cfg.validate()
-        mcfg = model.cfg
-        _check_prompts(prompts, mcfg.vocab_size)
+        model_cfg = model.cfg
+        check_prompts(prompts, model_cfg.vocab_size)
         longest = max(len(p) for p in prompts)
         total = longest + cfg.max_new_tokens
-        if total > mcfg.block_size:
+        if total > model_cfg.block_size:
             raise ValueError(
                 f"longest prompt ({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}) = {total} "
-                f"exceeds the model's context length (block_size) {mcfg.block_size}; shorten the prompt or "
+                f"exceeds the model's context length (block_size) {model_cfg.block_size}; shorten the prompt or "
                 f"lower max_new_tokens"
             )
         param = next(model.parameters())
@@ -214,13 +216,13 @@ class _BatchDecoder:
         self.finished = [False] * B
         self.steps = 0
         # Token buffer, left-padded prompts then one column per step; valid = not padding.
-        self.ids, self.valid = _left_pad(prompts, pad_id, total, device)
+        self.ids, self.valid = left_pad(prompts, pad_id, total, device)
         self.length = longest  # filled columns
         self.fed = 0  # columns already in the KV cache
-        self.cache = KVCache(mcfg, B, total, device, param.dtype) if cfg.use_cache else None
+        self.cache = decode_pack.DecodeCache(model, B, total, device, param.dtype) if cfg.use_cache else None
         self.seen = None
         if cfg.repetition_penalty != 1.0:
-            self.seen = torch.zeros((B, mcfg.vocab_size), dtype=torch.bool, device=device)
+            self.seen = torch.zeros((B, model_cfg.vocab_size), dtype=torch.bool, device=device)
             for i, p in enumerate(prompts):
                 self.seen[i, p] = True
         self.generator = torch.Generator(device=device)
@@ -240,7 +242,7 @@ class _BatchDecoder:
         """fp32 logits (B, V) for the token after the last filled column."""
         start = self.fed if self.cache is not None else 0
         end = self.length
-        logits = _last_logits(self.model, self.ids[:, start:end], self.valid[:, :end], start, self.cache)
+        logits = last_logits(self.model, self.ids[:, start:end], self.valid[:, :end], start, self.cache)
         if self.cache is not None:
             self.fed = end
         return logits
@@ -286,7 +288,7 @@ def _generate_ids(model, prompts, cfg, *, pad_id, eos_id, callback) -> list[list
     if not prompts or cfg.max_new_tokens == 0:
         cfg.validate()
         return out
-    with _eval_mode(model):
+    with eval_mode(model):
         dec = _BatchDecoder(model, prompts, cfg, pad_id=pad_id, eos_id=eos_id)
         while not dec.done:
             for row, tok in enumerate(dec.step()):
@@ -346,12 +348,6 @@ class _StopStringFilter:
         return out
 
 
-def _incremental_decoder(tokenizer):
-    from scratchlm.tokenizer import IncrementalDecoder
-
-    return IncrementalDecoder(tokenizer)
-
-
 def _encode_prompt(tokenizer, prompt: str, bos: bool) -> list[int]:
     ids = tokenizer.encode(prompt, bos=bos)
     if not ids:
@@ -371,9 +367,9 @@ def stream(model: Transformer, tokenizer, prompt: str, cfg: SamplingConfig, *,
     if cfg.max_new_tokens == 0:
         cfg.validate()
         return
-    decoder = _incremental_decoder(tokenizer)
+    decoder = IncrementalDecoder(tokenizer)
     stops = _StopStringFilter(cfg.stop_strings)
-    with _eval_mode(model):
+    with eval_mode(model):
         dec = _BatchDecoder(model, [ids], cfg, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
         while not dec.done:
             (tok,) = dec.step()
@@ -394,7 +390,7 @@ def generate_text(model: Transformer, tokenizer, prompts: list[str], cfg: Sampli
     """Continuations of ``prompts`` as text (batched; eos = ``tokenizer.eos_id``; stop strings cut the text
     before the stop string and end that row early)."""
     ids = [_encode_prompt(tokenizer, p, bos) for p in prompts]
-    decoders = [_incremental_decoder(tokenizer) for _ in prompts]
+    decoders = [IncrementalDecoder(tokenizer) for _ in prompts]
     filters = [_StopStringFilter(cfg.stop_strings) for _ in prompts]
     texts = [""] * len(prompts)
 

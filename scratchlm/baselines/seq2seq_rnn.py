@@ -32,15 +32,14 @@ Weight tying: with ``tie_embeddings`` the encoder and the decoder use one embedd
 projection shares its weight when the attentional vector has the embedding's width (``hidden_size ==
 n_embd``; ``Seq2SeqRNN.output_tied`` says whether it is).
 
-Decoding: ``greedy`` and ``beam`` (``scratchlm.beam.BeamConfig``; Hugging Face scoring, length penalty and
-stopping rules as in ``scratchlm.beam``, with which it shares the hypothesis bookkeeping) decode a batch of
+Decoding: ``greedy`` and ``beam`` (``scratchlm.infer.beam.BeamConfig``; Hugging Face scoring, length penalty
+and stopping rules: the beam loop of ``scratchlm.infer.beam``, which the decoder uses too) decode a batch of
 sources at once, each output starting after ``bos`` and ending at ``eos`` (neither is returned).
 ``max_target_len`` caps every output (eos included).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -48,17 +47,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from scratchlm.beam import _NEG_INF, BeamConfig, BeamHypothesis, _Hypotheses, _row_done, _select
-from scratchlm.generate import _eval_mode, banned_ngram_tokens
+from ..infer.beam import BeamConfig, BeamHypothesis, check_length_limits, search
+from ..infer.generate import eval_mode, is_int
+from ..model.kinds import RECURRENT_SEQ2SEQ_KINDS as CELLS  # an encoder-decoder's kind is its cell
 
-CELLS = ("gru", "lstm")
 ATTENTIONS = ("bahdanau", "luong", "none")
 _CELL_CLASSES = {"gru": nn.GRU, "lstm": nn.LSTM}
 IGNORE_INDEX = -100
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass
@@ -87,7 +82,7 @@ class Seq2SeqRNNConfig:
             raise ValueError(f"{p}attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
         for name in ("vocab_size", "n_embd", "hidden_size", "num_layers", "max_source_len", "max_target_len"):
             value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise ValueError(f"{p}{name} must be a positive integer, got {value!r}")
         for name in ("bidirectional_encoder", "input_feeding", "tie_embeddings"):
             value = getattr(self, name)
@@ -98,7 +93,7 @@ class Seq2SeqRNNConfig:
             raise ValueError(f"{p}dropout must be in [0, 1), got {self.dropout!r}")
         for name in ("pad_id", "bos_id", "eos_id"):
             value = getattr(self, name)
-            if not _is_int(value) or not 0 <= value < self.vocab_size:
+            if not is_int(value) or not 0 <= value < self.vocab_size:
                 raise ValueError(f"{p}{name} must be a token id in [0, vocab_size={self.vocab_size}), got {value!r}")
         if self.bos_id == self.eos_id:
             raise ValueError(f"{p}eos_id must differ from bos_id (both {self.eos_id})")
@@ -214,7 +209,7 @@ class Seq2SeqRNN(nn.Module):
             with torch.no_grad():
                 emb.weight[cfg.pad_id].zero_()
         if cfg.cell == "lstm":
-            # forget-gate bias 1 (Jozefowicz et al. 2015), as in scratchlm.model.rnn
+            # forget-gate bias 1 (Jozefowicz et al. 2015), as in scratchlm.baselines.rnn
             H = cfg.hidden_size
             for rnn in (self.encoder, self.decoder):
                 for name, p in rnn.named_parameters():
@@ -396,7 +391,7 @@ class Seq2SeqRNN(nn.Module):
     def _limit(self, max_new_tokens: int | None) -> int:
         if max_new_tokens is None:
             return self.cfg.max_target_len
-        if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        if not is_int(max_new_tokens) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
         return min(max_new_tokens, self.cfg.max_target_len)
 
@@ -407,7 +402,7 @@ class Seq2SeqRNN(nn.Module):
         (default and cap: ``max_target_len``). Runs in eval mode (the training flag is restored)."""
         limit = self._limit(max_new_tokens)
         cfg = self.cfg
-        with _eval_mode(self):
+        with eval_mode(self):
             memory, state = self.encode(src, src_mask)
             B = src.shape[0]
             tokens = torch.full((B,), cfg.bos_id, dtype=torch.long, device=src.device)
@@ -430,24 +425,19 @@ class Seq2SeqRNN(nn.Module):
     @torch.inference_mode()
     def beam(self, src: torch.Tensor, src_mask: torch.Tensor | None = None, cfg: BeamConfig | None = None, *,
              max_length_ratio: float | None = None, max_length_offset: int = 0) -> list[list[BeamHypothesis]]:
-        """Beam search (``scratchlm.beam`` semantics): per source, up to ``cfg.num_return_sequences``
+        """Beam search (``scratchlm.infer.beam`` semantics): per source, up to ``cfg.num_return_sequences``
         hypotheses sorted by score, best first; ``tokens`` exclude bos and eos. An output has at most
         ``min(cfg.max_new_tokens, max_target_len)`` tokens with the eos, and with ``max_length_ratio`` at most
         ``int(source length * ratio) + max_length_offset`` (at least 1). ``cfg.eos_id`` overrides the model's
         eos. ``num_beams=1`` is ``greedy``. Runs in eval mode (the training flag is restored)."""
         cfg = cfg if cfg is not None else BeamConfig()
         cfg.validate()
-        if max_length_ratio is not None and not (
-                isinstance(max_length_ratio, (int, float)) and not isinstance(max_length_ratio, bool)
-                and math.isfinite(max_length_ratio) and max_length_ratio > 0):
-            raise ValueError(f"max_length_ratio must be None or a finite number > 0, got {max_length_ratio!r}")
-        if not _is_int(max_length_offset):
-            raise ValueError(f"max_length_offset must be an integer, got {max_length_offset!r}")
+        check_length_limits(max_length_ratio, max_length_offset)
         eos = cfg.eos_id if cfg.eos_id is not None else self.cfg.eos_id
         if not 0 <= eos < self.cfg.vocab_size:
             raise ValueError(f"eos_id must be a token id in [0, {self.cfg.vocab_size}), got {eos!r}")
         cap = self._limit(cfg.max_new_tokens)
-        with _eval_mode(self):
+        with eval_mode(self):
             memory, state = self.encode(src, src_mask)
             if max_length_ratio is None:
                 limits = [cap] * src.shape[0]
@@ -458,69 +448,26 @@ class Seq2SeqRNN(nn.Module):
         return [h.best(cfg.num_return_sequences) for h in hyps]
 
     def _beam_search(self, memory: EncoderMemory, state: DecoderState, cfg: BeamConfig, eos_id: int,
-                     limits: list[int]) -> list[_Hypotheses]:
-        # The loop of scratchlm.beam._search, with the recurrent state in place of the KV cache.
-        B, K, V = memory.mask.shape[0], cfg.num_beams, self.cfg.vocab_size
-        pad_id = self.cfg.pad_id
-        early_stopping = True if K == 1 else cfg.early_stopping  # one beam = greedy: stop at the first eos
+                     limits: list[int]):
+        """``scratchlm.infer.beam.search`` with the recurrent state in place of the KV cache."""
+        B, K = memory.mask.shape[0], cfg.num_beams
         device = memory.values.device
-        score_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-
         expand = torch.arange(B, device=device).repeat_interleave(K)  # row b * K + k = beam k of source b
         if K > 1:
             memory, state = memory.index_select(expand), state.index_select(expand)
         logits, state = self.step(torch.full((B * K,), self.cfg.bos_id, dtype=torch.long, device=device),
                                   state, memory)
-        # Only beam 0 of each source is live at first, so the first step picks K different tokens.
-        beam_scores = [0.0 if k == 0 else _NEG_INF for _ in range(B) for k in range(K)]
-        beams: list[list[int]] = [[] for _ in range(B * K)]
-        hyps = [_Hypotheses(K, cfg.length_penalty, early_stopping) for _ in range(B)]
-        done = [False] * B
-        n = cfg.no_repeat_ngram_size
 
-        for t in range(max(limits)):  # t = tokens generated so far by the running beams
-            logprobs = logits.to(score_dtype).log_softmax(dim=-1)
-            if t < cfg.min_new_tokens:
-                logprobs[:, eos_id] = _NEG_INF
-            if n > 0:
-                rows, cols = [], []
-                for i, seq in enumerate(beams):
-                    if not done[i // K] and beam_scores[i] > _NEG_INF:
-                        banned = banned_ngram_tokens(seq, n)
-                        rows += [i] * len(banned)
-                        cols += banned
-                if rows:
-                    logprobs[rows, cols] = _NEG_INF
-            scores = (torch.tensor(beam_scores, dtype=score_dtype, device=device).unsqueeze(1)
-                      + logprobs).view(B, K * V)
-            # A stable sort breaks exact ties by the lower (beam, token): with one beam that is argmax's choice.
-            top_scores, top_index = scores.sort(dim=1, descending=True, stable=True)
-            top_scores, top_index = top_scores[:, :2 * K].tolist(), top_index[:, :2 * K].tolist()
+        def step(tokens: torch.Tensor, live: list[bool]) -> torch.Tensor:
+            nonlocal state
+            logits, state = self.step(tokens, state, memory)
+            return logits
 
-            next_scores, sources, tokens = [], [], []
-            for b in range(B):
-                running = [] if done[b] else _select(b, top_scores[b], top_index[b], K, V, eos_id, beams, hyps[b], t)
-                if not done[b]:
-                    done[b] = _row_done(b, running, hyps[b], beams, beam_scores, K, t, limits[b])
-                if done[b]:  # keep the rows as they are; they are fed padding from now on
-                    next_scores += beam_scores[b * K:(b + 1) * K]
-                    sources += range(b * K, (b + 1) * K)
-                    tokens += [pad_id] * K
-                    continue
-                running += [(_NEG_INF, b * K, pad_id)] * (K - len(running))  # placeholders
-                for s, src, tok in running:
-                    next_scores.append(s)
-                    sources.append(src)
-                    tokens.append(tok)
-            if all(done):
-                break
-            beams = [beams[src] + [tok] if not done[i // K] else beams[src]
-                     for i, (src, tok) in enumerate(zip(sources, tokens))]
-            beam_scores = next_scores
-            if sources != list(range(B * K)):
-                state = state.index_select(torch.tensor(sources, device=device))
-            logits, state = self.step(torch.tensor(tokens, dtype=torch.long, device=device), state, memory)
-        return hyps
+        def reorder(index: torch.Tensor) -> None:
+            nonlocal state
+            state = state.index_select(index)
+
+        return search(logits, cfg, eos_id=eos_id, pad_id=self.cfg.pad_id, limits=limits, step=step, reorder=reorder)
 
 
 class Seq2SeqRNNLoss(nn.Module):

@@ -17,7 +17,6 @@ the test confusion matrix as a PNG. The test split is read once, after training 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +25,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from . import __version__
-from .baselines.classical import ClassicalConfig, ClassicalModel, fit_classical
-from .config import ConfigError, _deep_merge, apply_overrides, from_dict, load_yaml, parse_override, to_dict
-from .data.labeled import (
+from .. import __version__
+from ..baselines.classical import ClassicalConfig, fit_classical
+from ..baselines.rnn import RNNClassifier, RNNConfig
+from ..config import ConfigError, to_dict
+from ..data.labeled import (
     LabeledData,
     LabeledDataConfig,
     LabelError,
@@ -38,51 +38,51 @@ from .data.labeled import (
     load_labeled,
     read_split,
 )
-from .data.sources import _describe
-from .model.heads import POOLINGS, SequenceClassifier
-from .model.io import check_tokenizer, load_model, model_config_from_dict
-from .model.lora import LoraConfig, inject_lora, lora_modules, merge_lora, save_adapter
-from .model.rnn import RNNClassifier, RNNConfig
-from .model.transformer import Transformer
-from .stages import command_line, count_parameters, ensure_pretrained
-from .tasks.classify import ClassifyTask, balanced_weights, encode_texts, predict_proba
-from .tasks.metrics import classification_metrics, plot_confusion_matrix
-from .tokenizer import Tokenizer
-from .train import checkpoint as ckpt
-from .train.config import TrainConfig
-from .train.trainer import Trainer
+from ..data.registry import DATASETS
+from ..data.sources import _describe
+from ..infer.classify import Classifier, load_classifier
+from ..model import checkpoint as ckpt
+from ..model.folder import load_decoder
+from ..model.heads import POOLINGS, SequenceClassifier
+from ..model.kinds import CLASSICAL_KINDS, RECURRENT_CLASSIFIER_KINDS
+from ..model.lora import LoraConfig, inject_lora, lora_modules, merge_lora, save_adapter
+from ..model.transformer import Transformer
+from ..tasks.classify import ClassifyTask, balanced_weights, encode_texts
+from ..tasks.metrics import classification_metrics, plot_confusion_matrix
+from ..tokenizer import Tokenizer
+from ..train.config import TrainConfig
+from .base import (
+    StageConfig,
+    count_parameters,
+    finetune_train,
+    fit_and_report,
+    global_batch,
+    report_header,
+    set_max_steps,
+    stage_recipe,
+    write_json,
+)
+from .pretrain import ensure_pretrained
 
-NEURAL_KINDS = ("decoder", "rnn", "lstm", "gru")
-CLASSICAL_KINDS = ("bow", "tfidf")
-KINDS = NEURAL_KINDS + CLASSICAL_KINDS
+NEURAL_KINDS = ("decoder", *RECURRENT_CLASSIFIER_KINDS)
 
 
 def _default_train() -> TrainConfig:
-    return TrainConfig(out_dir="", max_steps=100000, lr=1e-4, min_lr_ratio=0.0, warmup_steps=50,
-                       schedule="linear", weight_decay=0.01, micro_batch_size=16, eval_interval=200,
-                       eval_batches=0, save_interval=200, early_stopping_patience=3, best_metric="val_f1",
-                       best_mode="max", compile="off")
+    return finetune_train(lr=1e-4, best_metric="val_f1", best_mode="max")
 
 
 @dataclass
-class ClassifyConfig:
-    name: str = "decoder-full"  # the run's folder under out_root, and its name in the report
+class ClassifyConfig(StageConfig):
+    name: str = "decoder-full"
     out_root: str = "runs/classify"
     kind: Literal["decoder", "rnn", "lstm", "gru", "bow", "tfidf"] = "decoder"
-    # a pretrained model folder: the decoder's weights, and the tokenizer every neural model uses
-    init: str | None = None
-    # a pretraining recipe that makes `init` when it does not exist yet (run first, resumable)
-    pretrain: str | None = None
-    pretrain_overrides: list[str] = field(default_factory=list)  # dotted overrides for that recipe
-    init_weights: Literal["pretrained", "random"] = "pretrained"  # random: the from-scratch ablation
     data: LabeledDataConfig = field(default_factory=LabeledDataConfig)
     max_length: int = 512  # tokens per example, <|eos|> on both sides included; longer texts: head + tail
     head_fraction: float = 0.25  # share of a truncated text's budget taken from its start
-    epochs: float | None = 3.0  # sets train.max_steps (train.max_time_s still caps the run); None: max_steps
+    epochs: float | None = 3.0
     # decoder head
     pooling: str = "last"  # last (the final <|eos|>, as HF LlamaForSequenceClassification) | mean
     head_dropout: float = 0.1
-    dropout: float | None = None  # the decoder's residual/MLP dropout while fine-tuning; None: as pretrained
     method: Literal["full", "lora"] = "full"
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
                                                                 task_type="SEQ_CLS"))
@@ -107,38 +107,24 @@ class ClassifyConfig:
             raise ConfigError("init: a pretrained model folder is needed (its tokenizer, and for the decoder its "
                               "weights or, with init_weights=random, its architecture)")
 
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.train.out_dir) if self.train.out_dir else Path(self.out_root) / self.name
+
+def _sections(recipe: dict) -> list[str]:
+    """The ``by_kind`` sections a run applies: its kind, "recurrent" for rnn/lstm/gru, "lora" for the decoder
+    with method lora (e.g. ``by_kind: {recurrent: {train: {lr: 2e-3}}, lora: {...}, bow: {...}}``)."""
+    kind = recipe.get("kind", "decoder")
+    keys = ["recurrent", kind] if kind in RECURRENT_CLASSIFIER_KINDS else [kind]
+    if kind == "decoder" and recipe.get("method") == "lora":
+        keys.append("lora")
+    return keys
 
 
 def build_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None,
                  defaults: dict | None = None) -> ClassifyConfig:
-    """Defaults <- YAML recipe <- ``defaults`` (e.g. what a CLI verb sets) <- ``key=value`` overrides.
-
-    The recipe's ``train`` section is merged over the fine-tuning defaults (not the pretraining ones)."""
-    data = load_yaml(yaml_path) if yaml_path else {}
-    for k, v in (defaults or {}).items():
-        data[k] = v
-    parsed = [parse_override(o) for o in overrides or []]
-    data = apply_overrides(data, parsed)
-    # per-kind sections: `by_kind: {recurrent: {train: {lr: 2e-3}}, lora: {...}, bow: {...}}` (a kind,
-    # "recurrent" for rnn/lstm/gru, "lora" for the decoder with method lora) apply under the overrides
-    by_kind = data.pop("by_kind", None) or {}
-    if not isinstance(by_kind, dict):
-        raise ConfigError("by_kind must map a kind (or 'recurrent') to a config section")
-    kind = data.get("kind", "decoder")
-    keys = ["recurrent", kind] if kind in ("rnn", "lstm", "gru") else [kind]
-    if kind == "decoder" and data.get("method") == "lora":
-        keys.append("lora")
-    for key in keys:
-        section = by_kind.get(key)
-        if section:
-            data = apply_overrides(_deep_merge(data, section), parsed)
-    train = {**to_dict(_default_train()), **(data.get("train") or {})}
-    data["train"] = train
-    cfg = from_dict(ClassifyConfig, data)
-    if cfg.kind in ("rnn", "lstm", "gru"):
+    """Defaults <- YAML recipe <- ``defaults`` (e.g. what a CLI verb sets) <- ``key=value`` overrides, then
+    the recipe's ``by_kind`` section for this run's kind."""
+    cfg = stage_recipe(ClassifyConfig, yaml_path, overrides, defaults, default_train=_default_train(),
+                       sections=_sections)
+    if cfg.kind in RECURRENT_CLASSIFIER_KINDS:
         cfg.rnn.cell = cfg.kind
     if cfg.kind in CLASSICAL_KINDS:
         cfg.classical.kind = cfg.kind
@@ -160,20 +146,20 @@ def build_classifier(cfg: ClassifyConfig, tokenizer: Tokenizer, num_labels: int,
         if cfg.freeze_layers:
             model.freeze_layers(cfg.freeze_layers)
         if cfg.method == "lora":
-            lcfg = cfg.lora
-            lcfg.task_type = "SEQ_CLS"
-            lcfg.validate()
-            inject_lora(model, lcfg)  # freezes everything but the adapters and modules_to_save (the head)
+            lora = cfg.lora
+            lora.task_type = "SEQ_CLS"
+            lora.validate()
+            inject_lora(model, lora)  # freezes everything but the adapters and modules_to_save (the head)
         return model
-    rcfg = cfg.rnn
-    rcfg.cell = cfg.kind
-    rcfg.vocab_size = tokenizer.vocab_size
-    rcfg.pad_id = tokenizer.pad_id
-    rcfg.validate()
-    return RNNClassifier(rcfg, num_labels, label_names)
+    rnn = cfg.rnn
+    rnn.cell = cfg.kind
+    rnn.vocab_size = tokenizer.vocab_size
+    rnn.pad_id = tokenizer.pad_id
+    rnn.validate()
+    return RNNClassifier(rnn, num_labels, label_names)
 
 
-def _class_weights(cfg: ClassifyConfig, data: LabeledData):
+def class_weights(cfg: ClassifyConfig, data: LabeledData):
     if cfg.class_weights is None:
         return None
     if cfg.class_weights == "balanced":
@@ -191,74 +177,42 @@ def model_config(model: torch.nn.Module) -> dict:
     return {"kind": model.cfg.cell, **model.config_dict()}
 
 
-# ------------------------------------------------------------------------------------------------ loading
+def folder_config(cfg: ClassifyConfig, model: torch.nn.Module, tok: Tokenizer, data: LabeledData) -> dict:
+    """config.json of a classifier folder (the caller adds where its backbone came from)."""
+    return {"task": "classify", "scratchlm_version": __version__, "tokenizer_fingerprint": tok.fingerprint,
+            **model_config(model), "label_names": data.label_names, "label_values": data.label_values,
+            "max_length": cfg.max_length, "head_fraction": cfg.head_fraction,
+            "clean": to_dict(cfg.data.clean), "recipe": to_dict(cfg)}
+
+
+# ------------------------------------------------------------------------------------------------ the task
 @dataclass
-class LoadedClassifier:
-    model: torch.nn.Module | ClassicalModel
-    tokenizer: Tokenizer | None
-    config: dict
-    folder: Path
+class EncodedData:
+    train_rows: list[np.ndarray]
+    val_rows: list[np.ndarray]
+    truncated: int  # training examples cut to max_length
 
     @property
-    def label_names(self) -> list[str]:
-        return list(self.config["label_names"])
-
-    @property
-    def kind(self) -> str:
-        return self.config["kind"]
-
-    def predict_proba(self, texts: list[str], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise ValueError(f"text {i} is empty")
-        if isinstance(self.model, ClassicalModel):
-            return np.asarray(self.model.predict_proba(texts), dtype=np.float32)
-        from .data.clean import CleanConfig, clean_text
-
-        clean = from_dict(CleanConfig, self.config.get("clean") or {})
-        texts = [clean_text(t, clean) for t in texts]
-        rows, _ = encode_texts(self.tokenizer, texts, self.config["max_length"], self.config["head_fraction"])
-        return predict_proba(self.model, rows, self.tokenizer.pad_id, batch_size=batch_size, progress=progress)
+    def mean_length(self) -> float:
+        return float(np.mean([len(r) for r in self.train_rows]))
 
 
-def load_classifier(path: str | Path, device: str = "cpu") -> LoadedClassifier:
-    """A classifier folder made by ``finetune classify`` or ``baseline`` (neural or classical)."""
-    folder = ckpt.resolve(path) if (Path(path) / ckpt.LATEST).exists() else Path(path)
-    if not (folder / "config.json").exists():
-        raise ckpt.CheckpointError(f"{folder}: no config.json; not a model folder")
-    config = json.loads((folder / "config.json").read_text("utf-8"))
-    if config.get("task") != "classify":
-        raise ckpt.CheckpointError(f"{folder} holds a '{config.get('task', 'lm')}' model, not a classifier "
-                                   f"(make one with `scratchlm finetune classify`)")
-    kind = config.get("kind")
-    if kind in CLASSICAL_KINDS:
-        return LoadedClassifier(ClassicalModel.load(folder), None, config, folder)
-    ckpt.verify(folder)
-    tokenizer = Tokenizer.load(folder)
-    if kind == "decoder":
-        mcfg = model_config_from_dict(config["model"])
-        check_tokenizer(config, tokenizer, folder, mcfg.vocab_size)
-        c = config["classifier"]
-        model = SequenceClassifier(Transformer(mcfg), c["num_labels"], pooling=c["pooling"],
-                                   dropout=c.get("dropout", 0.0), pad_id=c.get("pad_id"),
-                                   label_names=c.get("label_names"), bias=c.get("bias", False))
-    elif kind in ("rnn", "lstm", "gru"):
-        model = RNNClassifier.from_config_dict(config)
-        check_tokenizer(config, tokenizer, folder, model.cfg.vocab_size)
-    else:
-        raise ckpt.CheckpointError(f"{folder}/config.json: unknown classifier kind {kind!r}")
-    if config.get("quantization"):  # an int8 folder made by `scratchlm quantize`
-        from .quantize import apply_int8
-
-        apply_int8(model, ckpt.load_tensors(folder), config["quantization"], folder)
-    else:
-        ckpt.load_model_weights(model, ckpt.load_tensors(folder), str(folder / "model.safetensors"))
-    model.to(device).eval()
-    return LoadedClassifier(model, tokenizer, config, folder)
+def encode_data(cfg: ClassifyConfig, tok: Tokenizer, data: LabeledData) -> EncodedData:
+    train_rows, cut = encode_texts(tok, data.train.texts, cfg.max_length, cfg.head_fraction)
+    val_rows, _ = encode_texts(tok, data.val.texts, cfg.max_length, cfg.head_fraction)
+    return EncodedData(train_rows, val_rows, cut)
 
 
-# ------------------------------------------------------------------------------------------------ running
-def evaluate_split(clf: LoadedClassifier, texts: list[str], labels: np.ndarray, *, batch_size: int = 32,
+def make_task(cfg: ClassifyConfig, model: torch.nn.Module, tok: Tokenizer, data: LabeledData,
+              rows: EncodedData) -> ClassifyTask:
+    return ClassifyTask(model, rows.train_rows, data.train.labels, rows.val_rows, data.val.labels,
+                        num_labels=data.num_labels, pad_id=tok.pad_id, seed=cfg.train.seed,
+                        class_weights=class_weights(cfg, data), label_smoothing=cfg.label_smoothing,
+                        eval_batch_size=cfg.eval_batch_size)
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def evaluate_split(clf: Classifier, texts: list[str], labels: np.ndarray, *, batch_size: int = 32,
                    progress: bool = False) -> tuple[dict, np.ndarray, float]:
     """(metrics, probabilities, seconds) of ``clf`` on one labelled split."""
     t0 = time.perf_counter()
@@ -270,12 +224,11 @@ def evaluate_split(clf: LoadedClassifier, texts: list[str], labels: np.ndarray, 
     return m, probs, seconds
 
 
-def _finish(cfg: ClassifyConfig, out: Path, clf: LoadedClassifier, data: LabeledData, info: dict,
-            log) -> dict:
+def report_classifier(cfg: ClassifyConfig, out: Path, clf: Classifier, data: LabeledData, info: dict,
+                      log) -> dict:
     """Validation and (once) test metrics of the saved model, the confusion PNG, report.json."""
     bs = cfg.eval_batch_size
-    report = {"task": "classify", "dataset": cfg.data.dataset, "name": cfg.name, "kind": cfg.kind,
-              "scratchlm_version": __version__, "command": command_line(), **info, "data": data.summary()}
+    report = {**report_header("classify", cfg.data.dataset, cfg.name, cfg.kind), **info, "data": data.summary()}
     if len(data.val):
         report["val"], _, _ = evaluate_split(clf, data.val.texts, data.val.labels, batch_size=bs)
         report["val_split"] = data.val.name
@@ -296,10 +249,11 @@ def _finish(cfg: ClassifyConfig, out: Path, clf: LoadedClassifier, data: Labeled
             + (f", ROC-AUC {test_m['roc_auc']:.4f}" if test_m.get("roc_auc") is not None else "")
             + f" on {len(data.test):,} examples ({data.test.name}); "
               f"{report['latency_ms_per_example']:.2f} ms/example")
-    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    write_json(out / "report.json", report)
     return report
 
 
+# ------------------------------------------------------------------------------------------------ running
 def run(cfg: ClassifyConfig, log=print) -> dict:
     """Train one classifier of the recipe (``cfg.kind``) and report it; returns report.json's content."""
     cfg.validate()
@@ -309,7 +263,7 @@ def run(cfg: ClassifyConfig, log=print) -> dict:
     cfg.train.out_dir = str(out)
     ensure_pretrained(cfg.init, cfg.pretrain, cfg.pretrain_overrides, cfg.data.data_dir, log,
                       progress=cfg.train.progress)
-    pretrained = load_model(cfg.init)
+    pretrained = load_decoder(cfg.init)
     assert_not_pretrained_on(pretrained.config, cfg.data.dataset, cfg.data.test_split)
     tok = pretrained.tokenizer
     data = load_labeled(cfg.data, log=log)
@@ -317,47 +271,36 @@ def run(cfg: ClassifyConfig, log=print) -> dict:
     if len(data.val) == 0:
         raise ConfigError("data.val_fraction is 0: a neural model needs a validation set for early stopping and "
                           "model selection")
-    train_rows, cut_train = encode_texts(tok, data.train.texts, cfg.max_length, cfg.head_fraction)
-    val_rows, _ = encode_texts(tok, data.val.texts, cfg.max_length, cfg.head_fraction)
-    mean_len = float(np.mean([len(r) for r in train_rows]))
-    log(f"tokens: {mean_len:.0f} per training example on average; {cut_train:,} of {len(train_rows):,} "
-        f"longer than {cfg.max_length} tokens, cut to head + tail")
+    rows = encode_data(cfg, tok, data)
+    log(f"tokens: {rows.mean_length:.0f} per training example on average; {rows.truncated:,} of "
+        f"{len(rows.train_rows):,} longer than {cfg.max_length} tokens, cut to head + tail")
     if cfg.kind == "decoder" and cfg.max_length > pretrained.model.cfg.block_size:
         raise ConfigError(f"max_length {cfg.max_length} exceeds the pretrained context of "
                           f"{pretrained.model.cfg.block_size} tokens")
     model = build_classifier(cfg, tok, data.num_labels, data.label_names,
                              pretrained.model if cfg.kind == "decoder" else None)
-    weights = _class_weights(cfg, data)
-    task = ClassifyTask(model, train_rows, data.train.labels, val_rows, data.val.labels,
-                        num_labels=data.num_labels, pad_id=tok.pad_id, seed=cfg.train.seed,
-                        class_weights=weights, label_smoothing=cfg.label_smoothing,
-                        eval_batch_size=cfg.eval_batch_size)
-    gb = cfg.train.global_batch_size or cfg.train.micro_batch_size
-    if cfg.epochs is not None:
-        cfg.train.max_steps = max(1, math.ceil(cfg.epochs * task.steps_per_epoch(gb)))
+    task = make_task(cfg, model, tok, data, rows)
+    global_batch_size = global_batch(cfg.train)
+    set_max_steps(cfg.train, cfg.epochs, task.steps_per_epoch(global_batch_size))
     n_total, n_train = count_parameters(model), count_parameters(model, trainable=True)
     log(f"model: {cfg.kind}{' (' + cfg.method + ')' if cfg.kind == 'decoder' else ''}, "
         f"{n_total / 1e6:.2f}M parameters, {n_train / 1e6:.3f}M trainable; {cfg.train.max_steps} steps of "
-        f"{gb} examples ({cfg.epochs} epochs of {len(train_rows):,})")
-    run_config = {"task": "classify", "scratchlm_version": __version__, "tokenizer_fingerprint": tok.fingerprint,
-                  **model_config(model), "label_names": data.label_names, "label_values": data.label_values,
-                  "max_length": cfg.max_length, "head_fraction": cfg.head_fraction,
-                  "clean": to_dict(cfg.data.clean), "recipe": to_dict(cfg),
+        f"{global_batch_size} examples ({cfg.epochs} epochs of {len(rows.train_rows):,})")
+    run_config = {**folder_config(cfg, model, tok, data),
                   "backbone": {"folder": str(pretrained.folder), "data": pretrained.config.get("data")}}
     # the classifier never runs the lm_head; attention at the mean example length
-    flops = (pretrained.model.flops_per_token(int(mean_len), lm_head=False) if cfg.kind == "decoder" else None)
-    trainer = Trainer(cfg.train, task, run_config=run_config, tokenizer=tok, flops_per_token=flops)
-    result = trainer.fit()
-    if trainer.dist.is_main and cfg.kind == "decoder" and cfg.method == "lora":
-        _export_lora(model, cfg, result.model_dir, run_config, tok, log)
-    info = {"description": _describe_run(cfg), "parameters": n_total, "trainable_parameters": n_train,
-            "train_seconds": round(result.train_seconds, 1), "steps": result.step, "best_step": result.best_step,
-            "stopped_because": result.stopped_because, "train_examples": len(train_rows),
-            "truncated_train_examples": cut_train, "model_dir": str(result.model_dir)}
-    if not trainer.dist.is_main:
-        return info
-    clf = load_classifier(result.model_dir)
-    return _finish(cfg, out, clf, data, info, log)
+    flops = (pretrained.model.flops_per_token(int(rows.mean_length), lm_head=False) if cfg.kind == "decoder"
+             else None)
+
+    def report(info: dict, trainer) -> dict:
+        if cfg.kind == "decoder" and cfg.method == "lora":
+            _export_lora(model, cfg, Path(info["model_dir"]), run_config, tok, log)
+        return report_classifier(cfg, out, load_classifier(info["model_dir"]), data, info, log)
+
+    info = {"description": describe_run(cfg), "parameters": n_total, "trainable_parameters": n_train,
+            "train_examples": len(rows.train_rows), "truncated_train_examples": rows.truncated}
+    return fit_and_report(cfg.train, task, run_config=run_config, tokenizer=tok, info=info, report=report,
+                          flops_per_token=flops)
 
 
 def _export_lora(model, cfg: ClassifyConfig, model_dir: Path, run_config: dict, tok, log) -> None:
@@ -375,7 +318,7 @@ def _export_lora(model, cfg: ClassifyConfig, model_dir: Path, run_config: dict, 
     log(f"LoRA: {n_adapters} adapters saved in {adapter_dir} (PEFT layout); merged weights in {model_dir}")
 
 
-def _describe_run(cfg: ClassifyConfig) -> str:
+def describe_run(cfg: ClassifyConfig) -> str:
     if cfg.kind == "decoder":
         how = "LoRA" if cfg.method == "lora" else "full fine-tuning"
         start = "random initialization" if cfg.init_weights == "random" else "pretrained"
@@ -401,23 +344,22 @@ def run_classical(cfg: ClassifyConfig, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data = load_labeled(cfg.data, log=log)
     log(f"data: {data.summary()}")
-    ccfg = cfg.classical
-    ccfg.kind = cfg.kind
+    classical = cfg.classical
+    classical.kind = cfg.kind
     t0 = time.perf_counter()
-    model = fit_classical(ccfg, data.train.texts, data.train.labels)
+    model = fit_classical(classical, data.train.texts, data.train.labels)
     seconds = time.perf_counter() - t0
     model_dir = out / "model"
     model.save(model_dir)
     config = {"task": "classify", "kind": cfg.kind, "scratchlm_version": __version__,
               "label_names": data.label_names, "label_values": data.label_values, "recipe": to_dict(cfg)}
     ckpt.write_json_atomic(model_dir / "config.json", config)
-    (out / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
-    clf = load_classifier(model_dir)
-    info = {"description": _describe_run(cfg), "parameters": int(model.num_parameters),
+    write_json(out / "config.json", config)
+    info = {"description": describe_run(cfg), "parameters": int(model.num_parameters),
             "trainable_parameters": int(model.num_parameters), "train_seconds": round(seconds, 1),
             "train_examples": len(data.train), "vocabulary_size": int(model.vocabulary_size),
             "model_dir": str(model_dir)}
-    return _finish(cfg, out, clf, data, info, log)
+    return report_classifier(cfg, out, load_classifier(model_dir), data, info, log)
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
@@ -426,9 +368,9 @@ def evaluate_model(model_dir: str | Path, dataset: str, split: str, *, text_colu
                    out_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Metrics of a saved classifier on any labelled split; writes metrics JSON and a confusion PNG."""
     clf = load_classifier(model_dir)
-    dcfg = LabeledDataConfig(dataset=dataset, train_split=split, test_split=None, text_column=text_column,
+    data_cfg = LabeledDataConfig(dataset=dataset, train_split=split, test_split=None, text_column=text_column,
                              label_column=label_column, data_dir=data_dir, test_fraction=0.1)
-    texts, raw, origins = read_split(dcfg, split)
+    texts, raw, origins = read_split(data_cfg, split)
     values = clf.config.get("label_values") or list(range(len(clf.label_names)))
     where = _describe(dataset, split)
     try:
@@ -436,8 +378,6 @@ def evaluate_model(model_dir: str | Path, dataset: str, split: str, *, text_colu
     except LabelError as e:
         raise LabelError(f"{e}. The model {clf.folder} was trained with labels {clf.label_names}: the label set "
                          f"of the data differs from the checkpoint's") from None
-    from .data.registry import DATASETS
-
     spec = DATASETS.get(dataset)
     if spec is not None and spec.label_names and list(spec.label_names) != clf.label_names \
             and clf.config.get("recipe", {}).get("data", {}).get("dataset") != dataset:

@@ -1,10 +1,13 @@
-"""Beam search for decoder-only sequence-to-sequence (translation, summarization).
+"""Beam search for sequence-to-sequence models (translation, summarization).
 
-The prompt is ``<|bos|> source <|sep|>`` and the output is what the model writes after it, ending with
-``<|eos|>``. ``beam_search`` decodes a batch of prompts at once, reusing the machinery of
-``scratchlm.generate``: prompts are left-padded (padding masked, per-row rotary positions from 0), the prompt
-is run once into a ``KVCache`` which is then expanded to ``num_beams`` rows per prompt, and every step
-reorders the cache rows (``KVCache.reorder``, an ``index_select``) to follow the surviving beams.
+One loop, ``search``, keeps the beams of a batch of inputs; the model is reached only through two functions,
+``step`` (the next-token logits of every beam row) and ``reorder`` (make row i continue old row index[i]), so
+the decoder-only transformer and the recurrent encoder-decoder baseline share it.
+
+For the decoder (``beam_search``) the prompt is ``<|bos|> source <|sep|>`` and the output is what the model
+writes after it, ending with ``<|eos|>``. Prompts are left-padded (padding masked, per-row rotary positions
+from 0) as in ``scratchlm.infer.generate``, run once into a KV cache which is then expanded to ``num_beams``
+rows per prompt; ``reorder`` is ``KVCache.reorder`` (an ``index_select`` of the cache rows).
 
 Scoring follows Hugging Face ``transformers``:
 
@@ -36,19 +39,14 @@ for output raises ``ValueError``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from scratchlm.generate import (
-    _check_prompts,
-    _eval_mode,
-    _is_int,
-    _last_logits,
-    _left_pad,
-    banned_ngram_tokens,
-)
-from scratchlm.model.transformer import KVCache, Transformer
+from ..model.transformer import Transformer
+from .decode_pack import DecodeCache
+from .generate import banned_ngram_tokens, check_prompts, eval_mode, is_int, last_logits, left_pad
 
 _NEG_INF = float("-inf")
 
@@ -69,11 +67,11 @@ class BeamConfig:
             if not ok:
                 raise ValueError(f"BeamConfig.{msg}")
 
-        check(_is_int(self.num_beams) and self.num_beams >= 1,
+        check(is_int(self.num_beams) and self.num_beams >= 1,
               f"num_beams must be an integer >= 1, got {self.num_beams!r}")
-        check(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1,
+        check(is_int(self.max_new_tokens) and self.max_new_tokens >= 1,
               f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        check(_is_int(self.min_new_tokens) and 0 <= self.min_new_tokens <= self.max_new_tokens,
+        check(is_int(self.min_new_tokens) and 0 <= self.min_new_tokens <= self.max_new_tokens,
               f"min_new_tokens must be an integer in [0, max_new_tokens={self.max_new_tokens!r}], "
               f"got {self.min_new_tokens!r}")
         check(isinstance(self.length_penalty, (int, float)) and not isinstance(self.length_penalty, bool)
@@ -81,13 +79,13 @@ class BeamConfig:
               f"length_penalty must be a finite number, got {self.length_penalty!r}")
         check(isinstance(self.early_stopping, bool) or self.early_stopping == "never",
               f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
-        check(_is_int(self.no_repeat_ngram_size) and self.no_repeat_ngram_size >= 0,
+        check(is_int(self.no_repeat_ngram_size) and self.no_repeat_ngram_size >= 0,
               f"no_repeat_ngram_size must be an integer >= 0 (0 = off), got {self.no_repeat_ngram_size!r}")
-        check(self.eos_id is None or (_is_int(self.eos_id) and self.eos_id >= 0),
+        check(self.eos_id is None or (is_int(self.eos_id) and self.eos_id >= 0),
               f"eos_id must be None or an integer >= 0, got {self.eos_id!r}")
-        check(_is_int(self.num_return_sequences) and self.num_return_sequences >= 1,
+        check(is_int(self.num_return_sequences) and self.num_return_sequences >= 1,
               f"num_return_sequences must be an integer >= 1, got {self.num_return_sequences!r}")
-        check(not _is_int(self.num_beams) or self.num_return_sequences <= self.num_beams,
+        check(not is_int(self.num_beams) or self.num_return_sequences <= self.num_beams,
               f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams ({self.num_beams})")
 
 
@@ -146,6 +144,15 @@ def _row_limits(prompts: list[list[int]], cfg: BeamConfig, block_size: int, rati
     return limits
 
 
+def check_length_limits(max_length_ratio: float | None, max_length_offset: int) -> None:
+    if max_length_ratio is not None and not (
+            isinstance(max_length_ratio, (int, float)) and not isinstance(max_length_ratio, bool)
+            and math.isfinite(max_length_ratio) and max_length_ratio > 0):
+        raise ValueError(f"max_length_ratio must be None or a finite number > 0, got {max_length_ratio!r}")
+    if not is_int(max_length_offset):
+        raise ValueError(f"max_length_offset must be an integer, got {max_length_offset!r}")
+
+
 @torch.inference_mode()
 def beam_search(model: Transformer, prompts: list[list[int]], cfg: BeamConfig, *, pad_id: int, eos_id: int,
                 max_length_ratio: float | None = None,
@@ -159,47 +166,62 @@ def beam_search(model: Transformer, prompts: list[list[int]], cfg: BeamConfig, *
     (its training flag is restored afterwards).
     """
     cfg.validate()
-    if max_length_ratio is not None and not (
-            isinstance(max_length_ratio, (int, float)) and math.isfinite(max_length_ratio) and max_length_ratio > 0):
-        raise ValueError(f"max_length_ratio must be None or a finite number > 0, got {max_length_ratio!r}")
-    if not _is_int(max_length_offset):
-        raise ValueError(f"max_length_offset must be an integer, got {max_length_offset!r}")
+    check_length_limits(max_length_ratio, max_length_offset)
     vocab = model.cfg.vocab_size
     eos = cfg.eos_id if cfg.eos_id is not None else eos_id
     for name, value in (("eos_id", eos), ("pad_id", pad_id)):
-        if not _is_int(value) or not 0 <= value < vocab:
+        if not is_int(value) or not 0 <= value < vocab:
             raise ValueError(f"{name} must be a token id in [0, {vocab}) (the vocabulary), got {value!r}")
     if not prompts:
         return []
-    _check_prompts(prompts, vocab)
+    check_prompts(prompts, vocab)
     limits = _row_limits(prompts, cfg, model.cfg.block_size, max_length_ratio, max_length_offset)
-    with _eval_mode(model):
-        hyps = _search(model, prompts, cfg, pad_id=pad_id, eos_id=eos, limits=limits)
+    with eval_mode(model):
+        hyps = _decoder_search(model, prompts, cfg, pad_id=pad_id, eos_id=eos, limits=limits)
     return [h.best(cfg.num_return_sequences) for h in hyps]
 
 
-def _search(model: Transformer, prompts: list[list[int]], cfg: BeamConfig, *, pad_id: int, eos_id: int,
-            limits: list[int]) -> list[_Hypotheses]:
-    B, K, V = len(prompts), cfg.num_beams, model.cfg.vocab_size
-    early_stopping = True if K == 1 else cfg.early_stopping  # one beam = greedy: stop at the first eos
+def _decoder_search(model: Transformer, prompts: list[list[int]], cfg: BeamConfig, *, pad_id: int, eos_id: int,
+                    limits: list[int]) -> list[_Hypotheses]:
+    """Prefill the prompts once, give every prompt ``num_beams`` identical cache rows, then ``search``."""
+    B, K = len(prompts), cfg.num_beams
     param = next(model.parameters())
     device = param.device
-    score_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-
-    # Prefill the B prompts once, then give every prompt K identical rows (row b * K + k = beam k of prompt b).
     longest = max(len(p) for p in prompts)
     total = longest + max(limits) - 1  # the last token of an output is never fed back
-    ids, valid = _left_pad(prompts, pad_id, total, device)
-    cache = KVCache(model.cfg, B, total, device, param.dtype)
-    logits = _last_logits(model, ids[:, :longest], valid[:, :longest], 0, cache)
-    expand = torch.arange(B, device=device).repeat_interleave(K)
+    ids, valid = left_pad(prompts, pad_id, total, device)
+    cache = DecodeCache(model, B, total, device, param.dtype)
+    logits = last_logits(model, ids[:, :longest], valid[:, :longest], 0, cache)
+    expand = torch.arange(B, device=device).repeat_interleave(K)  # row b * K + k = beam k of prompt b
     if K > 1:
         cache.reorder(expand)
         logits = logits.index_select(0, expand)
     valid = valid.index_select(0, expand)
     length = longest  # filled columns
 
-    # Only beam 0 of each prompt is live at first, so the first step picks K different tokens.
+    def step(tokens: torch.Tensor, live: list[bool]) -> torch.Tensor:
+        nonlocal length
+        valid[:, length] = torch.tensor(live, device=device)  # a finished prompt's rows are fed padding
+        length += 1
+        return last_logits(model, tokens.unsqueeze(1), valid[:, :length], length - 1, cache)
+
+    return search(logits, cfg, eos_id=eos_id, pad_id=pad_id, limits=limits, step=step, reorder=cache.reorder)
+
+
+def search(logits: torch.Tensor, cfg: BeamConfig, *, eos_id: int, pad_id: int, limits: list[int],
+           step: Callable[[torch.Tensor, list[bool]], torch.Tensor],
+           reorder: Callable[[torch.Tensor], None]) -> list[_Hypotheses]:
+    """The beam loop over ``len(limits)`` inputs with ``cfg.num_beams`` rows each (row b * K + k = beam k of
+    input b), starting from their first next-token ``logits`` (B * K, V).
+
+    ``step(tokens, live)`` feeds one token per row (the pad token to the rows of finished inputs, ``live``
+    False) and returns the next logits; ``reorder(index)`` makes row i continue old row ``index[i]``."""
+    B, K, V = len(limits), cfg.num_beams, logits.shape[-1]
+    early_stopping = True if K == 1 else cfg.early_stopping  # one beam = greedy: stop at the first eos
+    device = logits.device
+    score_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+    # Only beam 0 of each input is live at first, so the first step picks K different tokens.
     beam_scores = [0.0 if k == 0 else _NEG_INF for _ in range(B) for k in range(K)]
     beams: list[list[int]] = [[] for _ in range(B * K)]  # generated tokens of each beam
     hyps = [_Hypotheses(K, cfg.length_penalty, early_stopping) for _ in range(B)]
@@ -245,11 +267,8 @@ def _search(model: Transformer, prompts: list[list[int]], cfg: BeamConfig, *, pa
                  for i, (src, tok) in enumerate(zip(sources, tokens))]
         beam_scores = next_scores
         if sources != list(range(B * K)):
-            cache.reorder(torch.tensor(sources, device=device))
-        feed = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1)
-        valid[:, length] = torch.tensor([not done[i // K] for i in range(B * K)], device=device)
-        length += 1
-        logits = _last_logits(model, feed, valid[:, :length], length - 1, cache)
+            reorder(torch.tensor(sources, device=device))
+        logits = step(torch.tensor(tokens, dtype=torch.long, device=device), [not done[i // K] for i in range(B * K)])
     return hyps
 
 

@@ -6,7 +6,7 @@ description, parameters, trainable_parameters, train_seconds, latency_ms_per_exa
 returned by ``scratchlm.tasks.metrics.classification_metrics``) and optionally val, test_split, command.
 
 Translation and summarization runs (task ``translate`` / ``summarize``, written by
-``scratchlm.seq2seq``) carry direction, test_examples and test = {"greedy": {...}, "beam": {...}}, each
+``scratchlm.stages.seq2seq``) carry direction, test_examples and test = {"greedy": {...}, "beam": {...}}, each
 mode holding num_beams, sentences_per_s, seconds and ``bleu``/``chrf`` (translate) or ``rouge``
 (summarize) scores; the lead baseline has only "greedy". Their folders also hold ``predictions_test.jsonl``,
 from which the page shows a few examples. The page's task is that of its runs: one page never mixes
@@ -15,7 +15,7 @@ classification, translation and summarization.
     runs = collect_runs(["runs/imdb"])          # a run folder, or a folder of run folders
     write_report(runs, "runs/imdb/comparison")  # report.md, report.html, loss_curves.png, confusion_*.png
 
-or ``python -m scratchlm.report runs/imdb -o runs/imdb/comparison``.
+or ``python -m scratchlm.stages.report runs/imdb -o runs/imdb/comparison``.
 
 The HTML page embeds its pictures as base64 data URIs and carries its CSS inline (no JavaScript, nothing
 fetched), so it can be mailed or archived as one file; the Markdown file links the PNGs next to it.
@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .train.metrics_log import read_metrics
+from ..train.metrics_log import read_metrics
 
 REPORT_FILE = "report.json"
 METRICS_FILE = "metrics.jsonl"
@@ -474,6 +474,66 @@ def _page_task(run: dict) -> str:
     return task if task in SEQ2SEQ_TASKS else "classify"
 
 
+def _notes(runs: list[dict], sizes: list, shown_sizes: list, have_mpl: bool, loss_png: Path | None,
+           pictures: str, why_no_losses: str) -> list[str]:
+    """The notes at the top of a page: test sets of different sizes, pictures missing and why."""
+    notes = []
+    if len(set(sizes)) > 1:
+        notes.append("The runs were scored on test sets of different sizes (" +
+                     ", ".join(f"{r['name']}: {n}" for r, n in zip(runs, shown_sizes)) + "); compare with care.")
+    if not have_mpl:
+        notes.append(f"matplotlib is not installed, so this page has no {pictures}; pip install matplotlib and "
+                     f"rebuild it to get them.")
+    elif loss_png is None:
+        notes.append(f"No run has a metrics.jsonl with losses ({why_no_losses}), so there are no loss curves.")
+    return notes
+
+
+def _meta(fields: list[tuple[str, str | None]], sizes: list) -> str:
+    """The page's one-line description: the fields that are set, and the test set size when the runs share it."""
+    bits = [f"{name}: {value}" for name, value in fields if value]
+    if len(set(sizes)) == 1 and sizes[0] is not None:
+        bits.append(f"test examples: {sizes[0]}")
+    return " · ".join(bits)
+
+
+def _md_head(title: str, meta: str, legend: str, notes: list[str]) -> list[str]:
+    return [f"# {_md(title)}", "", meta, "", legend, "", *(f"> **Note:** {_md(n)}" for n in notes)]
+
+
+def _html_head(title: str, meta: str, legend: str, notes: list[str]) -> list[str]:
+    return ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{_h(title)}</title>",
+            f"<style>{CSS}</style>", "</head>", "<body>", f"<h1>{_h(title)}</h1>", f'<p class="meta">{_h(meta)}</p>',
+            f'<p class="meta">{_h(legend)}</p>',
+            *(f'<p class="note"><strong>Note:</strong> {_h(n)}</p>' for n in notes)]
+
+
+def _md_runs(runs: list[dict], details) -> list[str]:
+    """The "Runs" section: each run's details (``details(run)``: lines) and command."""
+    md = ["## Runs", ""]
+    for r in runs:
+        md += [f"### {_md(r['name'])}", "", *(f"- {_md(line)}" for line in details(r))]
+        if r.get("command"):
+            md += ["", _md_code(str(r["command"]))]
+        md.append("")
+    return md
+
+
+def _html_runs(runs: list[dict], details) -> list[str]:
+    h = ["<h2>Runs</h2>"]
+    for r in runs:
+        h += [f"<h3>{_h(r['name'])}</h3>", "<ul>", *(f"<li>{_h(line)}</li>" for line in details(r)), "</ul>"]
+        if r.get("command"):
+            h.append(f"<pre><code>{_h(r['command'])}</code></pre>")
+    return [*h, "</body>", "</html>", ""]
+
+
+def _write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
 def write_report(runs: Sequence[dict], out_dir: str | Path, title: str | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``loss_curves.png`` (runs with a metrics.jsonl) into
     ``out_dir``; for classification runs also one ``confusion_<name>.png`` per run. Returns {"markdown",
@@ -513,7 +573,7 @@ def _write_classification(runs: Sequence[dict], out_dir: str | Path, title: str 
     loss_png: Path | None = None
     confusion: dict[int, Path] = {}
     if have_mpl:
-        from .tasks.metrics import plot_confusion_matrix
+        from ..tasks.metrics import plot_confusion_matrix
 
         loss_png = _plot_loss_curves(runs, out_dir / "loss_curves.png")
         if loss_png is not None:
@@ -532,23 +592,10 @@ def _write_classification(runs: Sequence[dict], out_dir: str | Path, title: str 
             confusion[i] = path
             written[f"confusion_{slug}"] = path
 
-    ns = {r["test"].get("n") for r in runs}
-    notes = []
-    if len(ns) > 1:
-        notes.append("The runs were scored on test sets of different sizes (" +
-                     ", ".join(f"{r['name']}: {r['test'].get('n')}" for r in runs) + "); compare with care.")
-    if not have_mpl:
-        notes.append("matplotlib is not installed, so this page has no pictures (loss curves, confusion "
-                     "matrices); pip install matplotlib and rebuild it to get them.")
-    elif loss_png is None:
-        notes.append("No run has a metrics.jsonl with losses (classical baselines log none), so there are no "
-                     "loss curves.")
-    meta_bits = [f"task: {task or DASH}", f"dataset: {dataset or DASH}"]
-    if split:
-        meta_bits.append(f"test split: {split}")
-    if len(ns) == 1 and ns != {None}:
-        meta_bits.append(f"test examples: {next(iter(ns))}")
-    meta = " · ".join(meta_bits)
+    sizes = [r["test"].get("n") for r in runs]
+    notes = _notes(runs, sizes, sizes, have_mpl, loss_png, "pictures (loss curves, confusion matrices)",
+                   "classical baselines log none")
+    meta = _meta([("task", task or DASH), ("dataset", dataset or DASH), ("test split", split)], sizes)
     legend = ("Sorted by test accuracy. Scores in %; macro = unweighted mean over classes. Latency: batch "
               "inference over the test set, milliseconds per example. \"accuracy vs best\" = test accuracy / "
               f"the best model's ({runs[0]['name']}).")
@@ -558,8 +605,7 @@ def _write_classification(runs: Sequence[dict], out_dir: str | Path, title: str 
     pc_numeric = set(pc_header) - {"class"}
 
     # Markdown
-    md = [f"# {_md(title)}", "", meta, "", legend, ""]
-    md += [f"> **Note:** {_md(n)}" for n in notes]
+    md = _md_head(title, meta, legend, notes)
     md += ["", "## Results", "", _md_table(COLUMNS, results, NUMERIC), "",
            f"## Relative to the best model ({_md(runs[0]['name'])})", "",
            _md_table(RELATIVE_COLUMNS, relative, set(RELATIVE_COLUMNS) - {"model"}), ""]
@@ -570,24 +616,11 @@ def _write_classification(runs: Sequence[dict], out_dir: str | Path, title: str 
         md += ["## Confusion matrices (test; rows = true class, columns = predicted)", ""]
         md += [f"![confusion matrix of {_md(runs[i]['name'])}]({p.name})" for i, p in confusion.items()]
         md += [""]
-    md += ["## Runs", ""]
-    for r in runs:
-        md += [f"### {_md(r['name'])}", ""]
-        for line in _run_details(r):
-            md.append(f"- {_md(line)}")
-        if r.get("command"):
-            md += ["", _md_code(str(r["command"]))]
-        md.append("")
-    md_path = out_dir / "report.md"
-    md_path.write_text("\n".join(md), encoding="utf-8")
-    written["markdown"] = md_path
+    md += _md_runs(runs, _run_details)
+    written["markdown"] = _write_lines(out_dir / "report.md", md)
 
     # HTML
-    h = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-         '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{_h(title)}</title>",
-         f"<style>{CSS}</style>", "</head>", "<body>", f"<h1>{_h(title)}</h1>", f'<p class="meta">{_h(meta)}</p>',
-         f'<p class="meta">{_h(legend)}</p>']
-    h += [f'<p class="note"><strong>Note:</strong> {_h(n)}</p>' for n in notes]
+    h = _html_head(title, meta, legend, notes)
     h += ["<h2>Results</h2>", _html_table(COLUMNS, results, NUMERIC, highlight_first=True),
           f"<h2>Relative to the best model ({_h(runs[0]['name'])})</h2>",
           _html_table(RELATIVE_COLUMNS, relative, set(RELATIVE_COLUMNS) - {"model"}, highlight_first=True)]
@@ -601,17 +634,8 @@ def _write_classification(runs: Sequence[dict], out_dir: str | Path, title: str 
             h.append(f'<figure><img src="{_data_uri(p)}" alt="confusion matrix of {name}">'
                      f"<figcaption>{name}</figcaption></figure>")
         h.append("</div>")
-    h.append("<h2>Runs</h2>")
-    for r in runs:
-        h += [f"<h3>{_h(r['name'])}</h3>", "<ul>"]
-        h += [f"<li>{_h(line)}</li>" for line in _run_details(r)]
-        h.append("</ul>")
-        if r.get("command"):
-            h.append(f"<pre><code>{_h(r['command'])}</code></pre>")
-    h += ["</body>", "</html>", ""]
-    html_path = out_dir / "report.html"
-    html_path.write_text("\n".join(h), encoding="utf-8")
-    written["html"] = html_path
+    h += _html_runs(runs, _run_details)
+    written["html"] = _write_lines(out_dir / "report.html", h)
     return written
 
 
@@ -806,25 +830,11 @@ def _write_seq2seq(runs: list[dict], out_dir: Path, title: str | None, task: str
     if loss_png is not None:
         written["loss_curves"] = loss_png
 
-    ns = {r.get("test_examples") for r in runs}
-    notes = []
-    if len(ns) > 1:
-        notes.append("The runs were scored on test sets of different sizes (" +
-                     ", ".join(f"{r['name']}: {r.get('test_examples', DASH)}" for r in runs) + "); compare with care.")
-    if not have_mpl:
-        notes.append("matplotlib is not installed, so this page has no loss curves; pip install matplotlib and "
-                     "rebuild it to get them.")
-    elif loss_png is None:
-        notes.append("No run has a metrics.jsonl with losses (the lead baseline logs none), so there are no "
-                     "loss curves.")
-    meta_bits = [f"task: {task}", f"dataset: {dataset or DASH}"]
-    if direction:
-        meta_bits.append(f"direction: {direction}")
-    if split:
-        meta_bits.append(f"test split: {split}")
-    if len(ns) == 1 and ns != {None}:
-        meta_bits.append(f"test examples: {next(iter(ns))}")
-    meta = " · ".join(meta_bits)
+    sizes = [r.get("test_examples") for r in runs]
+    notes = _notes(runs, sizes, [r.get("test_examples", DASH) for r in runs], have_mpl, loss_png, "loss curves",
+                   "the lead baseline logs none")
+    meta = _meta([("task", task), ("dataset", dataset or DASH), ("direction", direction), ("test split", split)],
+                 sizes)
     widths = _beam_widths(runs)
     beam = (f"beam search with {widths[0]} beams" if len(widths) == 1
             else "beam search (widths differ: see each run below)" if widths else "beam search")
@@ -848,8 +858,7 @@ def _write_seq2seq(runs: list[dict], out_dir: Path, title: str | None, task: str
         return f"No {PREDICTIONS_FILE} in the run folder." if ex is None else f"No readable rows in {PREDICTIONS_FILE}."
 
     # Markdown
-    md = [f"# {_md(title)}", "", meta, "", legend, ""]
-    md += [f"> **Note:** {_md(n)}" for n in notes]
+    md = _md_head(title, meta, legend, notes)
     md += ["", "## Results", "", _md_table(columns, results, numeric), ""]
     for label, value, names in settings:
         md += [f"{_md(label)}: {_md_code_span(value)}" + (f" ({_md(', '.join(names))})" if names else ""), ""]
@@ -862,23 +871,11 @@ def _write_seq2seq(runs: list[dict], out_dir: Path, title: str | None, task: str
             md += [_md_table(["source", "reference", f"prediction ({ex[0]})"], ex[1], cell=_md_text), ""]
         else:
             md += [_md(no_examples(ex)), ""]
-    md += ["## Runs", ""]
-    for r in runs:
-        md += [f"### {_md(r['name'])}", ""]
-        md += [f"- {_md(line)}" for line in _seq2seq_details(r, task)]
-        if r.get("command"):
-            md += ["", _md_code(str(r["command"]))]
-        md.append("")
-    md_path = out_dir / "report.md"
-    md_path.write_text("\n".join(md), encoding="utf-8")
-    written["markdown"] = md_path
+    md += _md_runs(runs, lambda r: _seq2seq_details(r, task))
+    written["markdown"] = _write_lines(out_dir / "report.md", md)
 
     # HTML
-    h = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-         '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{_h(title)}</title>",
-         f"<style>{CSS}</style>", "</head>", "<body>", f"<h1>{_h(title)}</h1>", f'<p class="meta">{_h(meta)}</p>',
-         f'<p class="meta">{_h(legend)}</p>']
-    h += [f'<p class="note"><strong>Note:</strong> {_h(n)}</p>' for n in notes]
+    h = _html_head(title, meta, legend, notes)
     h += ["<h2>Results</h2>", _html_table(columns, results, numeric, highlight_first=True)]
     h += [f'<p class="meta">{_h(label)}: <code>{_h(value)}</code>'
           + (f" ({_h(', '.join(names))})" if names else "") + "</p>" for label, value, names in settings]
@@ -891,17 +888,8 @@ def _write_seq2seq(runs: list[dict], out_dir: Path, title: str | None, task: str
             h.append(_html_table(["source", "reference", f"prediction ({ex[0]})"], ex[1], wrap=True))
         else:
             h.append(f'<p class="meta">{_h(no_examples(ex))}</p>')
-    h.append("<h2>Runs</h2>")
-    for r in runs:
-        h += [f"<h3>{_h(r['name'])}</h3>", "<ul>"]
-        h += [f"<li>{_h(line)}</li>" for line in _seq2seq_details(r, task)]
-        h.append("</ul>")
-        if r.get("command"):
-            h.append(f"<pre><code>{_h(r['command'])}</code></pre>")
-    h += ["</body>", "</html>", ""]
-    html_path = out_dir / "report.html"
-    html_path.write_text("\n".join(h), encoding="utf-8")
-    written["html"] = html_path
+    h += _html_runs(runs, lambda r: _seq2seq_details(r, task))
+    written["html"] = _write_lines(out_dir / "report.html", h)
     return written
 
 
@@ -909,7 +897,7 @@ def _write_seq2seq(runs: list[dict], out_dir: Path, title: str | None, task: str
 # command line
 # ---------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m scratchlm.report",
+    ap = argparse.ArgumentParser(prog="python -m scratchlm.stages.report",
                                  description="Compare every model trained on a task on one page.")
     ap.add_argument("paths", nargs="+", help="run folders, or folders whose subfolders are run folders")
     ap.add_argument("-o", "--out", help="output folder (default: <first path>/comparison)")

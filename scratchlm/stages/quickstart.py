@@ -12,29 +12,32 @@ import json
 import time
 from pathlib import Path
 
-CONFIG = Path(__file__).parent / "configs" / "shakespeare.yaml"
+from ..config import CONFIG_DIR
+from ..infer.generate import SamplingConfig, generate_text
+from ..model.folder import load_decoder
+from . import classify
+from . import pretrain as pretrain_stage
+from .pretrain import quiet
+from .report import collect_runs, write_report
+
+CONFIG = CONFIG_DIR / "shakespeare.yaml"
 PROMPTS = ["ROMEO:\n", "First Citizen:\nWe are", "KING HENRY:\nMy lords,"]
 
 
 def run(out_dir: str = "runs/quickstart", minutes: float = 4.0, data_dir: str | None = None,
         extra: list[str] | None = None, sentiment_minutes: float = 1.0, sentiment_examples: int = 2000) -> int:
-    from .generate import SamplingConfig, generate_text
-    from .model.io import load_model
-    from .pretrain import build_config
-    from .pretrain import run as pretrain
-
     t0 = time.time()
     out = Path(out_dir)
     overrides = [f"train.out_dir={out}", f"train.max_time_s={minutes * 60}", "train.max_steps=100000",
                  "train.eval_interval=200", *(extra or [])]
-    cfg = build_config(CONFIG, overrides)
+    cfg = pretrain_stage.build_config(CONFIG, overrides)
     if data_dir:
         cfg.data.data_dir = data_dir
     print(f"[1/4] pretraining a {cfg.model_preset} decoder on {', '.join(c.name for c in cfg.data.corpora)} "
           f"for up to {minutes:g} minutes")
-    report = pretrain(cfg)
+    report = pretrain_stage.run(cfg)
     print("[2/4] sampling with the KV cache")
-    loaded = load_model(report["model_dir"])
+    loaded = load_decoder(report["model_dir"])
     samples = generate_text(loaded.model, loaded.tokenizer, PROMPTS,
                             SamplingConfig(max_new_tokens=120, temperature=0.8, top_p=0.95,
                                            repetition_penalty=1.1, seed=0))
@@ -60,24 +63,20 @@ def run(out_dir: str = "runs/quickstart", minutes: float = 4.0, data_dir: str | 
 
 def sentiment(init: str, out: Path, minutes: float, examples: int, data_dir: str | None) -> list[dict]:
     """The pretrained decoder as an IMDb sentiment classifier, and two baselines, on the same reviews."""
-    from .classify import build_config, run
-    from .report import collect_runs, write_report
-
     common = [f"init={init}", f"out_root={out}", "data.dataset=imdb", f"data.max_train_examples={examples}",
               f"data.max_val_examples={max(100, examples // 4)}",
               f"data.max_test_examples={max(200, examples // 2)}", "max_length=256", "epochs=null",
               "train.max_steps=100000", f"train.max_time_s={minutes * 60}", "train.eval_interval=50",
               "train.save_interval=100000", "train.progress=false", "train.tensorboard=false",
               "train.early_stopping_patience=0"]
-    quiet = lambda *a, **k: None  # noqa: E731
     reports = []
     for kind, over in (("decoder", ["train.lr=1e-3", "train.warmup_steps=10", "pooling=mean"]),
                        ("bow", []),
                        ("gru", ["train.lr=3e-3", "train.warmup_steps=10", "rnn.hidden_size=128"])):
-        cfg = build_config(None, [*common, f"kind={kind}", f"name={kind}", *over])
+        cfg = classify.build_config(None, [*common, f"kind={kind}", f"name={kind}", *over])
         if data_dir:
             cfg.data.data_dir = data_dir
-        reports.append(run(cfg, log=quiet))
+        reports.append(classify.run(cfg, log=quiet))
     title = f"Quickstart: IMDb sentiment, {examples:,} reviews, {minutes:g} min each"
     write_report(collect_runs([out]), out, title=title)
     print(f"\n  {'model':<10} {'test acc':>9} {'macro F1':>9} {'params':>8} {'train':>7} {'ms/review':>10}")

@@ -1,0 +1,234 @@
+"""The verbs that use a trained model: ``generate``, ``evaluate``, ``classify``, ``translate``,
+``summarize``. ``--model`` is a model folder or a published model name (``scratchlm.model.folder``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..model.kinds import SEQ2SEQ_TASKS
+
+
+def add_parsers(subparsers) -> None:
+    model_help = "model folder (run folder, checkpoint or exported model) or published model name"
+    sp = subparsers.add_parser("generate", help="generate text from a trained model (KV cache, streaming)")
+    sp.add_argument("--model", required=True, help=model_help)
+    sp.add_argument("prompt", nargs="*")
+    sp.add_argument("--max-new-tokens", type=int, default=200)
+    sp.add_argument("--temperature", type=float, default=0.8)
+    sp.add_argument("--top-k", type=int, default=None)
+    sp.add_argument("--top-p", type=float, default=0.95)
+    sp.add_argument("--repetition-penalty", type=float, default=1.1)
+    sp.add_argument("--stop", action="append", help="stop string (repeatable)")
+    sp.add_argument("--seed", type=int, default=None)
+    sp.set_defaults(fn=cmd_generate)
+
+    sp = subparsers.add_parser("evaluate", help="perplexity and bits-per-byte of a model on a dataset split or file")
+    sp.add_argument("--model", required=True, help=model_help)
+    sp.add_argument("--data", help="dataset[:split] or a file, e.g. wikitext2:test (translation/summarization "
+                                   "models: default their recipe's test split)")
+    sp.add_argument("--beams", type=int, default=4, help="translation/summarization: beam size (1 = greedy)")
+    sp.add_argument("--column", default=None, help="text column")
+    sp.add_argument("--label-column", default=None, help="label column (classifiers)")
+    sp.add_argument("--data-dir", default=None)
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--out", default=None, help="classifiers: folder for the metrics JSON and confusion PNG "
+                                                "(default <model>/eval)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_evaluate)
+
+    sp = subparsers.add_parser("classify", help="label texts with a trained classifier")
+    sp.add_argument("--model", required=True, help=model_help)
+    sp.add_argument("text", nargs="*")
+    sp.add_argument("--input", help="txt/jsonl/csv/parquet file of texts")
+    sp.add_argument("--column", default=None, help="text column of --input (default text)")
+    sp.add_argument("--output", help="predictions file (.jsonl, .csv or .parquet; default next to --input)")
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_classify)
+
+    for verb, help_ in (("translate", "translate text with a fine-tuned model (beam search)"),
+                        ("summarize", "summarize text with a fine-tuned model (beam search)")):
+        sp = subparsers.add_parser(verb, help=help_)
+        sp.add_argument("--model", required=True, help=model_help)
+        sp.add_argument("text", nargs="*")
+        sp.add_argument("--input", help="txt (one text per line) / jsonl / csv / parquet file")
+        sp.add_argument("--column", default=None, help="text column of --input (default text)")
+        sp.add_argument("--output", help="output jsonl (default next to --input)")
+        sp.add_argument("--beams", type=int, default=4, help="beam size (1 = greedy)")
+        sp.add_argument("--max-new-tokens", type=int, default=None)
+        if verb == "translate":
+            sp.add_argument("--src", help="source language; must match the model's")
+            sp.add_argument("--tgt", help="target language; must match the model's")
+        sp.set_defaults(fn=cmd_seq2seq)
+
+
+def cmd_generate(args, extra) -> int:
+    import torch
+
+    from ..infer.generate import SamplingConfig, stream
+    from ..model.folder import load_decoder
+
+    loaded = load_decoder(args.model)
+    cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                         stop_strings=tuple(args.stop or ()), seed=args.seed)
+    cfg.validate()
+    with torch.no_grad():
+        for prompt in args.prompt or [""]:
+            sys.stdout.write(prompt)
+            for piece in stream(loaded.model, loaded.tokenizer, prompt, cfg):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+    return 0
+
+
+def cmd_evaluate(args, extra) -> int:
+    from ..model.folder import read_model_config
+
+    folder, config = read_model_config(args.model)
+    task = config.get("task")
+    if task in SEQ2SEQ_TASKS:
+        return _evaluate_seq2seq(args, task)
+    if not args.data:
+        print("scratchlm evaluate: --data is required (e.g. --data wikitext2:test or --data imdb:test)",
+              file=sys.stderr)
+        return 2
+    if task == "classify":
+        return _evaluate_classifier(args)
+    return _evaluate_lm(args)
+
+
+def _evaluate_seq2seq(args, task: str) -> int:
+    from ..stages.seq2seq import evaluate_model, headline
+
+    source, _, split = (args.data or "").partition(":")
+    m = evaluate_model(args.model, source or None, split=split or "test", num_beams=args.beams,
+                       data_dir=args.data_dir, out_dir=args.out or Path(args.model) / "eval", progress=not args.json)
+    print(json.dumps(m, indent=2, ensure_ascii=False) if args.json else
+          f"{m['data']} ({m['n']:,} examples, {m['direction']}, beam {m['num_beams']}): "
+          f"{headline(task, m)}; {m['sentences_per_s']:.3g} sentences/s\n"
+          + "\n".join(v["signature"] for v in m.values() if isinstance(v, dict) and "signature" in v)
+          + f"\npredictions: {m.get('predictions')}")
+    return 0
+
+
+def _evaluate_classifier(args) -> int:
+    from ..stages.classify import evaluate_model, format_metrics
+
+    source, _, split = args.data.partition(":")
+    m = evaluate_model(args.model, source, split or "test", text_column=args.column,
+                       label_column=args.label_column, data_dir=args.data_dir, batch_size=args.batch_size,
+                       out_dir=args.out or Path(args.model) / "eval", progress=not args.json)
+    print(json.dumps(m, indent=2) if args.json else format_metrics(m)
+          + f"\n\nconfusion matrix picture: {m.get('confusion_png')}")
+    return 0
+
+
+def _evaluate_lm(args) -> int:
+    import numpy as np
+    import torch
+
+    from ..data.sources import load_texts
+    from ..model.folder import load_decoder
+    from ..tasks.lm import evaluate_tokens, token_byte_lengths
+
+    loaded = load_decoder(args.model)
+    tok = loaded.tokenizer
+    source, _, split = args.data.partition(":")
+    texts = load_texts(source, split or "validation", args.column, data_dir=args.data_dir, dropna=True)
+    ids = [t for ids in tok.encode_batch(texts, eos=True) for t in ids]
+    metrics = evaluate_tokens(loaded.model, np.asarray(ids, dtype=np.int64), torch.as_tensor(token_byte_lengths(tok)))
+    metrics = {"data": args.data, "tokens": len(ids), **metrics}
+    print(json.dumps(metrics, indent=2) if args.json else
+          "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+    return 0
+
+
+def _read_inputs(args, keep_blank_lines: bool) -> list[str]:
+    """The texts of ``--input``: a .txt file holds one text per line (blank lines kept with
+    ``keep_blank_lines``, so outputs stay aligned with their lines), tables name their column (default text)."""
+    from ..data.sources import load_texts
+
+    if keep_blank_lines and Path(args.input).suffix == ".txt":
+        from ..data.parallel import read_lines
+
+        return read_lines(Path(args.input))
+    return load_texts(args.input, "train", args.column or "text", txt_mode="lines")
+
+
+def cmd_classify(args, extra) -> int:
+    import numpy as np
+
+    from ..infer.classify import load_classifier
+
+    clf = load_classifier(args.model)
+    names = clf.label_names
+    if args.input:
+        import pandas as pd
+
+        texts = _read_inputs(args, keep_blank_lines=False)
+        probs = clf.predict_proba(texts, batch_size=args.batch_size, progress=True)
+        out = Path(args.output or Path(args.input).with_suffix(".predictions.jsonl"))
+        df = pd.DataFrame({"text": texts, "label": [names[i] for i in probs.argmax(1)],
+                           "probability": probs.max(1).astype(float)})
+        for j, n in enumerate(names):
+            df[f"p_{n}"] = probs[:, j].astype(float)
+        if out.suffix == ".csv":
+            df.to_csv(out, index=False)
+        elif out.suffix == ".parquet":
+            df.to_parquet(out, index=False)
+        else:
+            df.to_json(out, orient="records", lines=True, force_ascii=False)
+        counts = np.bincount(probs.argmax(1), minlength=len(names))
+        print(f"wrote {len(texts):,} predictions to {out} (" + ", ".join(f"{n} {c:,}" for n, c in zip(names, counts))
+              + ")")
+        return 0
+    if not args.text:
+        print("scratchlm classify: give a text or --input FILE", file=sys.stderr)
+        return 2
+    probs = clf.predict_proba(list(args.text), batch_size=args.batch_size)
+    for text, p in zip(args.text, probs):
+        j = int(p.argmax())
+        if args.json:
+            print(json.dumps({"text": text, "label": names[j], "probability": float(p[j]),
+                              "probabilities": {n: float(x) for n, x in zip(names, p)}}, ensure_ascii=False))
+        else:
+            print(f"{names[j]}\t{p[j]:.4f}" + (f"\t{text[:60]}" if len(args.text) > 1 else ""))
+    return 0
+
+
+def cmd_seq2seq(args, extra) -> int:
+    """``translate`` and ``summarize``: the verb must be the model's task."""
+    from ..infer.seq2seq import DecodeConfig, load_seq2seq
+
+    task = args.verb
+    loaded = load_seq2seq(args.model)
+    if loaded.task != task:
+        print(f"scratchlm {task}: {args.model} is a {loaded.task} model", file=sys.stderr)
+        return 2
+    if task == "translate":
+        loaded.check_direction(args.src, args.tgt)
+    decode = DecodeConfig(**{**loaded.config.get("decode", {}), "num_beams": args.beams})
+    if args.max_new_tokens:
+        decode.max_new_tokens = args.max_new_tokens
+    if args.input:
+        if Path(args.input).suffix == ".txt" and not Path(args.input).is_file():
+            print(f"scratchlm {task}: no such file: {args.input}", file=sys.stderr)
+            return 2
+        texts = _read_inputs(args, keep_blank_lines=True)
+        outs = loaded.generate(texts, decode, progress=True)
+        out = Path(args.output or Path(args.input).with_suffix(f".{task}.jsonl"))
+        with open(out, "w", encoding="utf-8") as f:
+            for t, o in zip(texts, outs):
+                f.write(json.dumps({"source": t, "output": o}, ensure_ascii=False) + "\n")
+        print(f"wrote {len(outs):,} outputs to {out}")
+        return 0
+    if not args.text:
+        print(f"scratchlm {task}: give a text or --input FILE", file=sys.stderr)
+        return 2
+    for o in loaded.generate(list(args.text), decode):
+        print(o)
+    return 0

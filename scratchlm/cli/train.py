@@ -1,0 +1,189 @@
+"""The verbs that train: ``prepare``, ``pretrain``, ``finetune``, ``baseline``, ``distill``, ``quickstart``.
+Each takes a recipe (``--config``) and dotted overrides, and runs a stage (``scratchlm.stages``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ..config import find_recipe, load_yaml, overrides_from_args
+from ..model.kinds import SEQ2SEQ_TASKS, TASKS
+
+
+def add_parsers(subparsers) -> None:
+    def recipe_verb(name, fn, help_):
+        sp = subparsers.add_parser(name, help=help_)
+        sp.add_argument("--config", help="recipe YAML (a path or a shipped recipe name)")
+        sp.add_argument("--data-dir", help="folder with the named datasets (default $SCRATCHLM_DATA_DIR)")
+        sp.set_defaults(fn=fn, takes_overrides=True)
+        return sp
+
+    sp = recipe_verb("prepare", cmd_prepare, "clean a corpus, train the tokenizer, write token shards")
+    sp.add_argument("--out", help="output folder (default <train.out_dir>/data)")
+    sp = recipe_verb("pretrain", cmd_pretrain, "pretrain a decoder on a corpus (runs prepare first)")
+    sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.out_dir")
+
+    sp = recipe_verb("finetune", cmd_finetune, "fine-tune a pretrained decoder into a task model")
+    sp.add_argument("task", choices=["classify", *SEQ2SEQ_TASKS], help="the task to fine-tune for")
+    sp.add_argument("--src", help="translate: source language (en, zh); default: the recipe's")
+    sp.add_argument("--tgt", help="translate: target language (en, zh); default: the recipe's")
+    sp.add_argument("--init", help="pretrained model folder or published name (overrides the recipe's init)")
+    sp.add_argument("--method", choices=["full", "lora"], help="full fine-tuning or LoRA adapters")
+    sp.add_argument("--from-scratch", action="store_true",
+                    help="same architecture and tokenizer, random initial weights (the ablation)")
+    sp.add_argument("--name", help="run name (folder under out_root and the name in the report)")
+    sp.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+
+    sp = recipe_verb("baseline", cmd_baseline, "train a classical baseline on a recipe's data")
+    sp.add_argument("kind", choices=["bow", "tfidf", "rnn", "lstm", "gru", "lead"],
+                    help="classification: bow tfidf rnn lstm gru; translation/summarization: gru lstm lead")
+    sp.add_argument("--name", help="run name (default: the kind)")
+    sp.add_argument("--resume", action="store_true")
+
+    add_distill_parser(subparsers)
+
+    sp = subparsers.add_parser("quickstart", help="the whole pipeline on real data in a few minutes")
+    sp.add_argument("--out", default="runs/quickstart")
+    sp.add_argument("--minutes", type=float, default=4.0, help="pretraining wall-clock budget")
+    sp.add_argument("--sentiment-minutes", type=float, default=1.0,
+                    help="wall-clock budget of each neural sentiment classifier")
+    sp.add_argument("--sentiment-examples", type=int, default=2000, help="IMDb training reviews for the classifiers")
+    sp.add_argument("--data-dir", default=None)
+    sp.set_defaults(fn=cmd_quickstart, takes_overrides=True)
+
+
+def add_distill_parser(subparsers) -> None:
+    sp = subparsers.add_parser(
+        "distill", help="distil a trained teacher into a smaller student (soft targets, hidden states)",
+        description="Knowledge distillation through the shared training loop. Dotted overrides change the "
+                    "distillation (--distill.alpha 0.7) or the task recipe (--epochs 2, --train.lr 1e-3).")
+    sp.add_argument("--config", help="distillation recipe (a path or a shipped recipe name, e.g. distill_imdb)")
+    sp.add_argument("--teacher", help="the teacher's model folder (overrides the recipe's)")
+    sp.add_argument("--student", help="a preset (scratchlm models), a model YAML, a model folder, or "
+                                      "teacher-layers:0,2,5")
+    sp.add_argument("--task", choices=list(TASKS), help="the teacher's task (default: read from its config.json)")
+    sp.add_argument("--name", help="run name (folder under the recipe's out_root, name in the report)")
+    sp.add_argument("--data-dir", help="folder with the named datasets (default $SCRATCHLM_DATA_DIR)")
+    sp.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    sp.set_defaults(fn=cmd_distill, takes_overrides=True)
+
+
+def _apply_flags(cfg, args):
+    """``--data-dir`` and ``--resume`` over the recipe."""
+    if getattr(args, "data_dir", None):
+        cfg.data.data_dir = args.data_dir
+    if getattr(args, "resume", False):
+        cfg.train.resume = True
+    return cfg
+
+
+def _print_outputs(report: dict) -> None:
+    print(f"report: {Path(report['model_dir']).parent / 'report.json'}\nmodel: {report['model_dir']}")
+
+
+def cmd_prepare(args, extra) -> int:
+    from ..data.prepare import prepare
+    from ..stages.pretrain import build_config
+
+    cfg = _apply_flags(build_config(find_recipe(args.config), overrides_from_args(extra)), args)
+    out = Path(args.out or Path(cfg.train.out_dir) / "data")
+    data = prepare(cfg.data, out)
+    print(f"prepared {data.folder}: train {len(data.train.tokens):,} tokens, "
+          f"validation {len(data.val.tokens) if data.val is not None else 0:,} tokens")
+    return 0
+
+
+def cmd_pretrain(args, extra) -> int:
+    from ..stages.pretrain import build_config, run
+
+    cfg = _apply_flags(build_config(find_recipe(args.config), overrides_from_args(extra)), args)
+    report = run(cfg)
+    if report.get("model_dir") and os.environ.get("RANK", "0") == "0":
+        print(f"model: {report['model_dir']}\nreport: {Path(cfg.train.out_dir) / 'report.json'}")
+    return 0
+
+
+def _is_seq2seq_recipe(args) -> bool:
+    """True when the recipe (or --task) is a translation/summarization one."""
+    if getattr(args, "task", None) in SEQ2SEQ_TASKS:
+        return True
+    path = find_recipe(args.config) if args.config else None
+    return path is not None and load_yaml(path).get("task") in SEQ2SEQ_TASKS
+
+
+def _run_classify(args, extra, defaults: dict) -> int:
+    from ..stages import classify
+
+    cfg = classify.build_config(find_recipe(args.config), overrides_from_args(extra), defaults=defaults)
+    _print_outputs(classify.run(_apply_flags(cfg, args)))
+    return 0
+
+
+def _run_seq2seq(args, extra, defaults: dict) -> int:
+    from ..stages import seq2seq
+
+    cfg = seq2seq.build_config(find_recipe(args.config), overrides_from_args(extra), defaults=defaults)
+    report = seq2seq.run(_apply_flags(cfg, args))
+    print(f"report: {cfg.out_dir / 'report.json'}")
+    if "model_dir" in report:
+        print(f"model: {report['model_dir']}")
+    return 0
+
+
+def cmd_finetune(args, extra) -> int:
+    defaults = {}
+    if args.task == "classify" and args.method:
+        defaults["method"] = args.method
+        if args.method == "lora":
+            defaults["name"] = "decoder-lora"
+    if args.init:
+        defaults["init"] = args.init
+    if args.from_scratch:
+        defaults["init_weights"], defaults["name"] = "random", "decoder-scratch"
+    if args.name:
+        defaults["name"] = args.name
+    if args.task == "classify":
+        return _run_classify(args, extra, {**defaults, "kind": "decoder"})
+    extra = [*extra, *([f"data.src_lang={args.src}"] if args.src else []),
+             *([f"data.tgt_lang={args.tgt}"] if args.tgt else [])]
+    return _run_seq2seq(args, extra, {"task": args.task, "kind": "decoder", **defaults})
+
+
+def cmd_baseline(args, extra) -> int:
+    defaults = {"kind": args.kind, "name": args.name or args.kind}
+    if _is_seq2seq_recipe(args):
+        if args.kind not in ("gru", "lstm", "lead"):
+            print(f"scratchlm baseline: {args.kind} is a classification baseline; translation/summarization "
+                  f"recipes take gru, lstm or lead", file=sys.stderr)
+            return 2
+        return _run_seq2seq(args, extra, defaults)
+    if args.kind == "lead":
+        print("scratchlm baseline: lead is the summarization baseline; this recipe is a classification one",
+              file=sys.stderr)
+        return 2
+    return _run_classify(args, extra, defaults)
+
+
+def cmd_distill(args, extra=()) -> int:
+    from ..stages.distill import build_config, run
+
+    defaults = {k: getattr(args, k) for k in ("teacher", "student", "task") if getattr(args, k, None)}
+    overrides = overrides_from_args(list(extra))
+    if args.name:
+        overrides.append(f"name={args.name}")
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    if args.resume:
+        overrides.append("train.resume=true")
+    report = run(build_config(find_recipe(args.config), overrides, defaults))
+    if report.get("model_dir"):
+        _print_outputs(report)
+    return 0
+
+
+def cmd_quickstart(args, extra) -> int:
+    from ..stages.quickstart import run
+
+    return run(out_dir=args.out, minutes=args.minutes, data_dir=args.data_dir, extra=overrides_from_args(extra),
+               sentiment_minutes=args.sentiment_minutes, sentiment_examples=args.sentiment_examples)

@@ -1,0 +1,301 @@
+"""Translation and summarization end to end: fine-tune the decoder (or train the RNN baseline), decode with
+greedy and beam search, score BLEU/chrF or ROUGE, write the predictions beside the references.
+
+    scratchlm finetune translate --config tatoeba_en_zh      # the decoder, en -> zh
+    scratchlm baseline gru --config tatoeba_en_zh --task translate
+    scratchlm translate --model runs/tatoeba_en_zh/decoder/model "This is an example of machine translation."
+
+Every run writes ``<out_root>/<name>/``: ``model/``, ``report.json`` (test scores for greedy and beam search,
+decoding speed), ``predictions_test.jsonl`` (source, references, both predictions) and ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .. import __version__
+from ..baselines.lead import lead
+from ..baselines.seq2seq_rnn import Seq2SeqRNN, Seq2SeqRNNConfig
+from ..config import ConfigError, from_dict, to_dict
+from ..data.errors import LeakageError
+from ..data.labeled import pretraining_corpora
+from ..data.parallel import ParallelData, ParallelSplit, Seq2SeqDataConfig, load_parallel
+from ..infer.seq2seq import DecodeConfig, Seq2SeqModel, direction, load_seq2seq
+from ..model.folder import LoadedModel, load_decoder
+from ..model.transformer import Transformer
+from ..tasks.seq2seq import Example, Seq2SeqRNNTask, Seq2SeqTask, encode_pairs, prompt_prefix
+from ..tasks.seq2seq_metrics import bleu, chrf, rouge
+from ..tokenizer import Tokenizer
+from ..train.config import TrainConfig
+from .base import (
+    StageConfig,
+    count_parameters,
+    finetune_train,
+    fit_and_report,
+    global_batch,
+    report_header,
+    set_max_steps,
+    stage_recipe,
+    write_json,
+)
+from .pretrain import ensure_pretrained
+
+
+def _default_train() -> TrainConfig:
+    return finetune_train(lr=3e-4, best_metric="val_loss", best_mode="min")
+
+
+@dataclass
+class Seq2SeqConfig(StageConfig):
+    out_root: str = "runs/seq2seq"
+    task: Literal["translate", "summarize"] = "translate"
+    kind: Literal["decoder", "gru", "lstm", "lead"] = "decoder"
+    data: Seq2SeqDataConfig = field(default_factory=Seq2SeqDataConfig)
+    max_target_tokens: int = 64  # longer targets are cut (and counted)
+    source_head_fraction: float = 1.0  # a source too long for the context keeps its beginning (1.0) or head+tail
+    # Cut every source (train, validation and test alike) to this many tokens, as max_source_len does for the
+    # RNN baselines: where the output depends on the source's beginning (an e-mail's subject line) a long
+    # tail costs compute and teaches little. None: only the context length cuts.
+    max_source_tokens: int | None = None
+    packing: bool = True
+    pack_length: int | None = None  # packed row length (None: the model's block_size); 128 suits short pairs
+    lead_sentences: int = 1  # the lead baseline (summarize): the first N sentences of the source
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    rnn: Seq2SeqRNNConfig = field(default_factory=Seq2SeqRNNConfig)  # kind gru / lstm (cell follows kind)
+    eval_greedy: bool = True  # also decode the test set greedily (beside beam search)
+    train: TrainConfig = field(default_factory=_default_train)
+
+    def validate(self) -> None:
+        if self.kind in ("decoder", "gru", "lstm") and not self.init:
+            raise ConfigError("init: a pretrained model folder is needed (its tokenizer, and the decoder's weights)")
+        if self.kind == "lead" and self.task != "summarize":
+            raise ConfigError("kind lead is the summarization baseline (the first sentences of the source)")
+
+
+def build_config(yaml_path=None, overrides: list[str] | None = None, defaults: dict | None = None) -> Seq2SeqConfig:
+    """Defaults <- YAML recipe <- ``defaults`` <- ``key=value`` overrides, then the ``by_kind`` section of
+    this run's kind."""
+    return stage_recipe(Seq2SeqConfig, yaml_path, overrides, defaults, default_train=_default_train(),
+                        sections=lambda recipe: [recipe.get("kind", "decoder")])
+
+
+def score(task: str, tgt_lang: str, hyps: list[str], refs: list[list[str]]) -> dict:
+    if task == "translate":
+        return {"bleu": bleu(hyps, refs, tgt_lang), "chrf": chrf(hyps, refs, tgt_lang)}
+    return {"rouge": rouge(hyps, refs, tgt_lang)}
+
+
+def headline(task: str, scores: dict) -> str:
+    if task == "translate":
+        return f"BLEU {scores['bleu']['score']:.2f}  chrF {scores['chrf']['score']:.2f}"
+    r = scores["rouge"]
+    return f"ROUGE-1/2/L {r['rouge1']:.2f}/{r['rouge2']:.2f}/{r['rougeL']:.2f}"
+
+
+# ------------------------------------------------------------------------------------------------ running
+def encode_examples(tok: Tokenizer, split: ParallelSplit, prefix: list[int], cfg: Seq2SeqConfig, block: int
+                    ) -> tuple[list[Example], dict]:
+    exs, rep = encode_pairs(tok, split.sources, split.targets, prefix, block_size=block,
+                            max_target_tokens=cfg.max_target_tokens, head_fraction=cfg.source_head_fraction,
+                            max_source_tokens=cfg.max_source_tokens)
+    return exs, {"examples": rep.examples, "source_truncated": rep.source_truncated,
+                 "target_truncated": rep.target_truncated, "dropped_empty": rep.dropped_empty}
+
+
+def make_task(cfg: Seq2SeqConfig, model: Transformer, tok: Tokenizer, data: ParallelData, block: int, log, *,
+              pack_length: int | None) -> Seq2SeqTask:
+    """The decoder's task: every pair as ``prefix + source + <|sep|> + target``, packed into rows of
+    ``pack_length`` tokens (None: ``block``)."""
+    prefix = prompt_prefix(tok, cfg.task, data.src_lang, data.tgt_lang)
+    train, train_rep = encode_examples(tok, data.train, prefix, cfg, block)
+    val, _ = encode_examples(tok, data.val, prefix, cfg, block)
+    log(f"tokens: train {train_rep}")
+    return Seq2SeqTask(model, train, val, block_size=block, pad_id=tok.pad_id, seed=cfg.train.seed,
+                       packing=cfg.packing, pack_length=pack_length)
+
+
+def folder_config(cfg: Seq2SeqConfig, model: torch.nn.Module, tok: Tokenizer, data: ParallelData) -> dict:
+    """config.json of a translation/summarization folder (the caller adds where its backbone came from)."""
+    if isinstance(model, Seq2SeqRNN):
+        network = {"kind": cfg.kind, "scratchlm_version": __version__, "tokenizer_fingerprint": tok.fingerprint,
+                   **model.config_dict()}
+    else:
+        network = {"scratchlm_version": __version__, "tokenizer_fingerprint": tok.fingerprint,
+                   "model": to_dict(model.cfg)}
+    return {"task": cfg.task, **network, "src_lang": data.src_lang, "tgt_lang": data.tgt_lang,
+            "max_target_tokens": cfg.max_target_tokens, "source_head_fraction": cfg.source_head_fraction,
+            "max_source_tokens": cfg.max_source_tokens, "decode": to_dict(cfg.decode), "recipe": to_dict(cfg)}
+
+
+def report_seq2seq(cfg: Seq2SeqConfig, out: Path, data: ParallelData, predict, info: dict, log) -> dict:
+    """Decode the test split (greedy, then beam search), score it, write the predictions and report.json."""
+    test = data.test
+    refs = test.references
+    report = {**report_header(cfg.task, cfg.data.dataset, cfg.name, cfg.kind),
+              "direction": direction(data.src_lang, data.tgt_lang), **info, "data": data.summary(),
+              "test_split": test.name, "test_examples": len(test), "test": {}}
+    preds = {}
+    for mode, beams in (("greedy", 1), ("beam", cfg.decode.num_beams)):
+        if mode == "greedy" and not cfg.eval_greedy:
+            continue
+        t0 = time.perf_counter()
+        preds[mode] = predict(test.sources, beams)
+        seconds = time.perf_counter() - t0
+        report["test"][mode] = {**score(cfg.task, data.tgt_lang, preds[mode], refs), "num_beams": beams,
+                                "sentences_per_s": len(test) / seconds, "seconds": round(seconds, 1)}
+        log(f"{cfg.name} {mode} ({beams} beam{'s' if beams > 1 else ''}): "
+            f"{headline(cfg.task, report['test'][mode])} on {len(test):,} {test.name} examples, "
+            f"{len(test) / seconds:.3g} sentences/s")
+        if cfg.kind == "lead":
+            break
+    with open(out / "predictions_test.jsonl", "w", encoding="utf-8") as f:
+        for i in range(len(test)):
+            row = {"source": test.sources[i], "references": refs[i], **{m: p[i] for m, p in preds.items()}}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_json(out / "report.json", report)
+    return report
+
+
+def decode_and_report(cfg: Seq2SeqConfig, out: Path, data: ParallelData, log):
+    """``fit_and_report``'s report step: the saved model decodes the test split."""
+
+    def report(info: dict, trainer) -> dict:
+        loaded = load_seq2seq(info["model_dir"])
+        return report_seq2seq(cfg, out, data, predictor(loaded, cfg.decode, cfg.train.progress), info, log)
+
+    return report
+
+
+def predictor(loaded: Seq2SeqModel, decode: DecodeConfig, progress: bool):
+    def predict(sources: list[str], beams: int) -> list[str]:
+        return loaded.generate(sources, decode, num_beams=beams, progress=progress)
+
+    return predict
+
+
+_SPLIT_FIELDS = ("train_split", "val_split", "test_split", "val_size", "test_size", "seed", "dedup",
+                 "leakage_guard")
+
+
+def check_backbone_split(backbone_config: dict, data: Seq2SeqDataConfig) -> None:
+    """A backbone pretrained on this dataset's text read its training pairs under the default split
+    (:func:`scratchlm.data.prepare._parallel_docs`); a run that splits differently could test on them."""
+    if data.dataset not in {source for source, _ in pretraining_corpora(backbone_config)}:
+        return
+    default = Seq2SeqDataConfig(dataset=data.dataset)
+    diff = {f: getattr(data, f) for f in _SPLIT_FIELDS if getattr(data, f) != getattr(default, f)}
+    if diff:
+        raise LeakageError(f"the pretrained model read {data.dataset}'s training pairs under the default split; "
+                           f"this run splits differently ({diff}), so its test pairs may have been pretrained on")
+
+
+def run(cfg: Seq2SeqConfig, log=print) -> dict:
+    """Train one model of the recipe (``cfg.kind``), decode the test set, score it; returns report.json."""
+    cfg.validate()
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_parallel(cfg.data)
+    log(f"data: {data.summary()}")
+    if cfg.kind == "lead":
+        info = {"description": f"extractive lead baseline: the first {cfg.lead_sentences} sentence(s)",
+                "parameters": 0, "trainable_parameters": 0, "train_seconds": 0.0}
+        return report_seq2seq(cfg, out, data, lambda srcs, _b: [lead(s, cfg.lead_sentences) for s in srcs],
+                               info, log)
+    cfg.train.out_dir = str(out)
+    ensure_pretrained(cfg.init, cfg.pretrain, cfg.pretrain_overrides, cfg.data.data_dir, log,
+                      progress=cfg.train.progress)
+    pretrained = load_decoder(cfg.init)
+    check_backbone_split(pretrained.config, cfg.data)
+    if cfg.kind in ("gru", "lstm"):
+        return _run_rnn(cfg, out, data, pretrained.tokenizer, log)
+    tok = pretrained.tokenizer
+    model = pretrained.model
+    if cfg.init_weights == "random":
+        torch.manual_seed(cfg.train.seed)
+        model = Transformer(model.cfg)
+    if cfg.dropout is not None:
+        model.set_dropout(cfg.dropout)
+    task = make_task(cfg, model, tok, data, model.cfg.block_size, log, pack_length=cfg.pack_length)
+    global_batch_size = global_batch(cfg.train)
+    set_max_steps(cfg.train, cfg.epochs, task.rows_per_epoch(), global_batch_size)
+    n_params = count_parameters(model)
+    log(f"model: decoder, {n_params / 1e6:.2f}M parameters; {task.rows_per_epoch():,} "
+        f"{'packed ' if cfg.packing else ''}rows per epoch; {cfg.train.max_steps} steps of {global_batch_size} rows")
+    run_config = {**folder_config(cfg, model, tok, data), "backbone": _lineage(pretrained)}
+    info = {"description": f"decoder ({cfg.init_weights}), packed seq2seq fine-tuning, loss on targets only",
+            "parameters": n_params, "trainable_parameters": count_parameters(model, trainable=True),
+            "train_examples": len(task.train)}
+    return fit_and_report(cfg.train, task, run_config=run_config, tokenizer=tok, info=info,
+                          report=decode_and_report(cfg, out, data, log), flops_per_token=model.flops_per_token())
+
+
+def _lineage(pretrained: LoadedModel) -> dict:
+    return {"folder": str(pretrained.folder), "data": pretrained.config.get("data"),
+            "backbone": pretrained.config.get("backbone")}
+
+
+def _run_rnn(cfg: Seq2SeqConfig, out: Path, data: ParallelData, tok: Tokenizer, log) -> dict:
+    """The recurrent encoder-decoder baseline, same tokenizer and data, trained by the shared loop."""
+    rnn = cfg.rnn
+    rnn.cell, rnn.vocab_size = cfg.kind, tok.vocab_size
+    rnn.pad_id, rnn.bos_id, rnn.eos_id = tok.pad_id, tok.bos_id, tok.eos_id
+    rnn.max_target_len = cfg.max_target_tokens + 1
+    if cfg.max_source_tokens is not None:  # one knob cuts every model's sources alike
+        rnn.max_source_len = min(rnn.max_source_len, cfg.max_source_tokens)
+    rnn.validate()
+
+    def pairs(split: ParallelSplit) -> list[tuple[list[int], list[int]]]:
+        src, tgt = tok.encode_batch(split.sources), tok.encode_batch(split.targets)
+        return [(s[:rnn.max_source_len], t[:cfg.max_target_tokens]) for s, t in zip(src, tgt) if s and t]
+
+    torch.manual_seed(cfg.train.seed)
+    model = Seq2SeqRNN(rnn)
+    train, val = pairs(data.train), pairs(data.val)
+    task = Seq2SeqRNNTask(model, train, val, seed=cfg.train.seed)
+    global_batch_size = global_batch(cfg.train)
+    set_max_steps(cfg.train, cfg.epochs, task.steps_per_epoch(global_batch_size))
+    n_params = count_parameters(model)
+    log(f"model: {cfg.kind} encoder-decoder with {rnn.attention} attention, {n_params / 1e6:.2f}M parameters; "
+        f"{cfg.train.max_steps} steps of {global_batch_size} pairs")
+    info = {"description": f"{'bi' if rnn.bidirectional_encoder else ''}{cfg.kind.upper()} encoder-decoder, "
+                           f"{rnn.attention} attention, {rnn.hidden_size} hidden, same BPE tokenizer",
+            "parameters": n_params, "trainable_parameters": n_params, "train_examples": len(train)}
+    return fit_and_report(cfg.train, task, run_config=folder_config(cfg, model, tok, data), tokenizer=tok, info=info,
+                          report=decode_and_report(cfg, out, data, log))
+
+
+def evaluate_model(model_dir: str | Path, data: str | None = None, *, split: str = "test", num_beams: int = 4,
+                   data_dir: str | None = None, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """BLEU/chrF or ROUGE of a saved model on its recipe's test split (the same seeded split it was trained
+    around), or on ``data`` (a dataset name or a jsonl/csv/parquet file with source/target columns)."""
+    loaded = load_seq2seq(model_dir)
+    recipe = loaded.config.get("recipe", {}).get("data", {})
+    data_cfg = from_dict(Seq2SeqDataConfig, {**recipe, **({"dataset": data} if data else {}),
+                                         **({"data_dir": data_dir} if data_dir else {})})
+    pdata = load_parallel(data_cfg)
+    part = {"test": pdata.test, "validation": pdata.val, "train": pdata.train}.get(split)
+    if part is None:
+        raise ValueError(f"split must be test, validation or train, got {split!r}")
+    decode = DecodeConfig(**loaded.config.get("decode", {}))
+    t0 = time.perf_counter()
+    hyps = loaded.generate(part.sources, decode, num_beams=num_beams, progress=progress)
+    seconds = time.perf_counter() - t0
+    out = {"model": str(loaded.folder), "data": part.name, "n": len(part), "num_beams": num_beams,
+           "direction": direction(pdata.src_lang, pdata.tgt_lang), "sentences_per_s": len(part) / seconds,
+           **score(loaded.task, pdata.tgt_lang, hyps, part.references)}
+    if out_dir:
+        folder = Path(out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"eval_{Path(data_cfg.dataset).stem or 'files'}_{split}_beam{num_beams}"
+        (folder / f"{stem}.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        with open(folder / f"{stem}.predictions.jsonl", "w", encoding="utf-8") as f:
+            for src, refs, hyp in zip(part.sources, part.references, hyps):
+                f.write(json.dumps({"source": src, "references": refs, "prediction": hyp}, ensure_ascii=False) + "\n")
+        out["predictions"] = str(folder / f"{stem}.predictions.jsonl")
+    return out

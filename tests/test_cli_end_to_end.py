@@ -1,0 +1,83 @@
+"""Every verb group through ``scratchlm.cli.main`` on tiny models: training (finetune, baseline, distill),
+using a model (generate, evaluate, classify, translate, summarize), shipping it (quantize, export) and looking
+at runs (report, models). Serving runs end to end in test_serve.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import DATA_OVERRIDES, classify_overrides, requires_data, write_sentiment_csv
+
+from scratchlm.cli import main
+from scratchlm.model.folder import load_model
+
+
+@requires_data
+def test_prepare_verb_writes_the_shards(tmp_path, capsys):
+    assert main(["prepare", *DATA_OVERRIDES, "--out", str(tmp_path / "data")]) == 0
+    assert "prepared" in capsys.readouterr().out
+    assert (tmp_path / "data" / "train.bin").exists() and (tmp_path / "data" / "tokenizer.json").exists()
+
+
+def test_training_verbs_then_report(tmp_path, tiny_lm_dir, capsys):
+    csv = write_sentiment_csv(tmp_path / "sentiment.csv", n=120)
+    runs = tmp_path / "runs"
+    recipe = [*classify_overrides(runs, tiny_lm_dir, csv), "train.max_steps=4", "train.eval_interval=2",
+              "train.save_interval=2"]
+    assert main(["finetune", "classify", *recipe]) == 0
+    assert f"model: {runs / 'decoder-full' / 'model'}" in capsys.readouterr().out
+    assert main(["baseline", "bow", *recipe]) == 0
+    assert main(["baseline", "lead", *recipe]) == 2  # the summarization baseline on a classification recipe
+    assert "lead is the summarization baseline" in capsys.readouterr().err
+    assert main(["distill", "--teacher", str(runs / "decoder-full" / "model"), "--student", "teacher-layers:0",
+                 "--train.max_steps", "2", "speed_examples=8"]) == 0
+    student = load_model(runs / "decoder-distilled" / "model")
+    assert student.task == "classify" and student.model.cfg.n_layer == 1
+    capsys.readouterr()
+    assert main(["report", str(runs)]) == 0
+    assert "html:" in capsys.readouterr().out
+    page = (runs / "report.html").read_text("utf-8")
+    assert all(name in page for name in ("decoder-full", "bow", "decoder-distilled"))
+
+
+def test_model_verbs(task_folders, tmp_path, capsys):
+    folders = task_folders
+    assert main(["generate", "--model", str(folders["lm"]), "--max-new-tokens", "4", "--temperature", "0",
+                 "ROMEO:"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")
+    text = tmp_path / "held_out.txt"
+    text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n", "utf-8")
+    assert main(["evaluate", "--model", str(folders["lm"]), "--data", str(text), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_bpb"] > 0
+    assert main(["classify", "--model", str(folders["clf"]), "--json", "a good film"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] in ("neg", "pos")
+    assert main(["translate", "--model", str(folders["mt"]), "--beams", "2", "--max-new-tokens", "4", "the cat"]) == 0
+    assert main(["summarize", "--model", str(folders["sum"]), "--beams", "1", "--max-new-tokens", "4",
+                 "A long text. It goes on."]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["summarize", "--model", str(folders["mt"]), "x"]) == 2  # the verb must be the model's task
+    assert "is a translate model" in capsys.readouterr().err
+    assert main(["generate", "--model", str(folders["clf"]), "x"]) == 2  # a classifier does not generate
+    assert "not a lm or translate or summarize model" in capsys.readouterr().err
+
+
+def test_shipping_verbs(task_folders, tmp_path, capsys):
+    folders = task_folders
+    pytest.importorskip("torchao", reason="torchao is not installed (pip install scratchlm[export])")
+    pytest.importorskip("transformers", reason="transformers is not installed (pip install scratchlm[export])")
+    int8 = tmp_path / "lm-int8"
+    assert main(["quantize", "--model", str(folders["lm"]), "--out", str(int8)]) == 0
+    assert "smaller" in capsys.readouterr().out
+    assert main(["generate", "--model", str(int8), "--max-new-tokens", "3", "--temperature", "0", "ROMEO:"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--model", str(folders["clf"]), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert "AutoModelForSequenceClassification" in capsys.readouterr().out
+    assert main(["export", "--model", str(int8), "--format", "hf", "--out", str(tmp_path / "no")]) == 2
+    assert "int8 model made by `scratchlm quantize`" in capsys.readouterr().err
+
+
+def test_models_verb_lists_the_presets(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("1m", "6m", "20m", "50m", "125m"))
