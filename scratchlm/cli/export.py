@@ -12,6 +12,46 @@ from ..export.formats import FORMATS, LORA_MODES, QUANTIZE_METHODS
 def add_parsers(subparsers) -> None:
     add_quantize_parser(subparsers)
     add_export_parser(subparsers)
+    add_publish_parser(subparsers)
+
+
+def add_publish_parser(subparsers) -> None:
+    sp = subparsers.add_parser("publish", help="copy a trained model to models/<name> (weights, tokenizer, config, "
+                                              "model card, sha256 manifest), loadable by name")
+    sp.add_argument("--model", required=True, help="run folder, checkpoint or model folder to publish")
+    sp.add_argument("--name", required=True, help="the published name (e.g. base, imdb-sentiment)")
+    sp.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights as stored (default fp32)")
+    sp.add_argument("--max-mb", type=float, help="refuse weights larger than this many MB")
+    sp.add_argument("--scores", help="JSON file: text name -> metrics (e.g. from scratchlm evaluate --json)")
+    sp.add_argument("--note", action="append", default=[], help="a paragraph for the card's status section")
+    sp.add_argument("--command", action="append", default=[], help="a command that reproduces the model")
+    sp.add_argument("--models-dir", help="where to publish (default: $SCRATCHLM_MODELS_DIR, else models/)")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing published folder")
+    sp.set_defaults(fn=cmd_publish)
+
+
+def cmd_publish(args, extra=None) -> int:
+    from ..export.publish import publish, run_sections
+    from ..model import checkpoint as ckpt
+    from ..model.folder import models_dirs
+
+    source = Path(args.model)
+    run = source if (source / "checkpoints").is_dir() else source.parent
+    config = ckpt.read_config(ckpt.resolve(source))
+    scores = json.loads(Path(args.scores).read_text("utf-8")) if args.scores else None
+    sections = []
+    if args.note:
+        sections.append(("Status", "\n\n".join(args.note)))
+    sections += run_sections(run, config, scores)
+    if args.command:
+        sections.append(("Reproduce", "```bash\n" + "\n".join(args.command) + "\n```"))
+    root = Path(args.models_dir) if args.models_dir else models_dirs()[0]
+    folder = publish(source, args.name, root, dtype=args.dtype, sections=sections, overwrite=args.overwrite,
+                     max_bytes=int(args.max_mb * 1e6) if args.max_mb else None)
+    size = (folder / "model.safetensors").stat().st_size
+    print(f"published {folder} ({size / 1e6:.1f} MB {args.dtype}); load it with --model {args.name} or "
+          f"scratchlm.load({args.name!r})")
+    return 0
 
 
 def add_export_parser(subparsers) -> None:

@@ -52,6 +52,60 @@ def _card(name: str, config: dict, files: dict[str, dict], sections: Sequence[tu
     return "\n".join(lines)
 
 
+def _table(header: Sequence[str], rows: list[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def run_sections(run: str | Path, config: dict, scores: dict[str, dict] | None = None) -> list[tuple[str, str]]:
+    """Model-card sections read from a training run folder: what it trained on (corpora, licences, documents,
+    redactions), how long, and the held-out scores (``scores``: name -> metrics, e.g. from
+    ``scratchlm evaluate --json``, else the run's report.json)."""
+    from ..data.registry import DATASETS
+
+    run = Path(run)
+    sections = []
+    cleaning_path = run / "data" / "cleaning.json"
+    cleaning = json.loads(cleaning_path.read_text("utf-8")) if cleaning_path.exists() else {}
+    corpora = (config.get("data") or {}).get("corpora") or []
+    if corpora:
+        rows = []
+        for corpus in corpora:
+            source, split = corpus.get("source"), corpus.get("split", "train")
+            key = source if split == "train" else f"{source}_{split}"
+            spec = DATASETS.get(source)
+            info = cleaning.get(key, {})
+            chars = info.get("train", {}).get("chars_out")
+            redacted = sum((info.get("train", {}).get("redactions") or {}).values())
+            rows.append([f"{source}:{split}", info.get("train_docs", ""), f"{chars:,}" if chars else "",
+                         redacted if info else "", spec.license if spec else "your file"])
+        sections.append(("Training data", _table(
+            ["corpus", "training documents", "characters", "PII spans redacted", "licence"], rows)))
+    report_path = run / "report.json"
+    report = json.loads(report_path.read_text("utf-8")) if report_path.exists() else {}
+    state = {}
+    pointer = run / "checkpoints" / ckpt.LATEST
+    if pointer.exists():
+        state_path = run / "checkpoints" / pointer.read_text("utf-8").strip() / "trainer_state.json"
+        state = json.loads(state_path.read_text("utf-8")) if state_path.exists() else {}
+    step = report.get("steps", state.get("step"))
+    tokens = report.get("tokens_seen", state.get("tokens_seen"))
+    seconds = report.get("train_seconds", state.get("elapsed"))
+    max_steps = (config.get("train") or {}).get("max_steps")
+    training = [["optimizer steps", f"{step:,} of {max_steps:,}" if step and max_steps else step],
+                ["tokens seen", f"{tokens:,}" if tokens else ""],
+                ["training wall-clock", f"{seconds / 3600:.2f} h" if seconds else ""],
+                ["schedule", (config.get("train") or {}).get("schedule", "")]]
+    sections.append(("Training", _table(["", ""], training)))
+    scores = scores or {**report.get("validation_by_corpus", {}), **report.get("final_eval", {})}
+    if scores:
+        rows = [[name, f"{m['val_bpb']:.4f}" if "val_bpb" in m else "", f"{m['val_loss']:.4f}" if "val_loss" in m
+                 else ""] for name, m in scores.items()]
+        sections.append(("Held-out scores", _table(["text", "bits per byte", "loss (nats/token)"], rows)))
+    return sections
+
+
 def publish(source: str | Path, name: str, models_root: str | Path, *, dtype: str = "fp32",
             sections: Sequence[tuple[str, str]] = (), extra_config: dict | None = None,
             max_bytes: int | None = None, overwrite: bool = False) -> Path:

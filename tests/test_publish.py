@@ -1,0 +1,66 @@
+"""Publishing a model folder to models/<name> and loading it back by name (the CLI verb and the library)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO
+
+from scratchlm.export.publish import PublishError, publish
+from scratchlm.model import checkpoint as ckpt
+from scratchlm.model.folder import load_model
+
+
+def _cli(*args, env):
+    return subprocess.run([sys.executable, "-m", "scratchlm", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=120)
+
+
+def test_publish_bf16_loads_by_name_and_matches_the_source(tiny_lm_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCRATCHLM_MODELS_DIR", str(tmp_path))
+    folder = publish(tiny_lm_dir, "tiny", tmp_path, dtype="bf16", sections=[("Status", "a test model")])
+    assert {"README.md", "config.json", "manifest.json", "model.safetensors", "tokenizer.json"} <= \
+        {p.name for p in folder.iterdir()}
+    card = (folder / "README.md").read_text()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["files"]["model.safetensors"]["sha256"] in card  # the card lists each file's sha256
+    assert "a test model" in card
+    source, published = load_model(tiny_lm_dir).model, load_model("tiny").model
+    for (name, a), (_, b) in zip(source.state_dict().items(), published.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-2 * a.abs().max().item() + 1e-6), name  # bf16 rounding only
+    assert json.loads((folder / "config.json").read_text())["published"]["dtype"] == "bf16"
+
+
+def test_publish_refuses_to_overwrite_and_to_exceed_the_size_limit(tiny_lm_dir, tmp_path):
+    publish(tiny_lm_dir, "tiny", tmp_path)
+    with pytest.raises(PublishError, match="already exists"):
+        publish(tiny_lm_dir, "tiny", tmp_path)
+    publish(tiny_lm_dir, "tiny", tmp_path, overwrite=True)
+    with pytest.raises(PublishError, match="over the"):
+        publish(tiny_lm_dir, "small", tmp_path, max_bytes=1000)
+    assert not (tmp_path / "small").exists() and not list(tmp_path.glob(".small*"))  # nothing half-written
+
+
+def test_a_modified_published_file_is_refused_naming_it(tiny_lm_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCRATCHLM_MODELS_DIR", str(tmp_path))
+    folder = publish(tiny_lm_dir, "tiny", tmp_path)
+    with open(folder / "tokenizer.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(ckpt.CheckpointError, match="tokenizer.json"):
+        load_model("tiny")
+
+
+def test_cli_publish_then_generate_by_name(tiny_lm_dir, tmp_path, cli_env):
+    env = {**cli_env, "SCRATCHLM_MODELS_DIR": str(tmp_path)}
+    proc = _cli("publish", "--model", str(tiny_lm_dir), "--name", "tiny", "--dtype", "bf16",
+                "--command", "scratchlm pretrain --config tiny", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "scratchlm pretrain --config tiny" in (tmp_path / "tiny" / "README.md").read_text()
+    proc = _cli("generate", "--model", "tiny", "--max-new-tokens", "5", "--temperature", "0", "To be", env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = _cli("generate", "--model", "nosuch", "hi", env=env)
+    assert proc.returncode != 0 and "tiny" in proc.stderr and "Traceback" not in proc.stderr
