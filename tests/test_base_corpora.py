@@ -74,3 +74,20 @@ def test_evaluate_tokens_caps_tokens_with_spread_windows():
     capped = evaluate_tokens(model, tokens, max_tokens=160)
     assert capped["val_loss"] != full["val_loss"]
     assert abs(capped["val_loss"] - full["val_loss"]) < 0.5  # same model, a tenth of the windows
+
+
+def test_matmul_peak_cache_keeps_the_best_measurement(tmp_path, monkeypatch):
+    """A peak measured on busy cores reads low; caching it would inflate every MFU computed from it."""
+    import json
+
+    from scratchlm.train import hardware
+
+    monkeypatch.setenv("SCRATCHLM_CACHE_DIR", str(tmp_path))
+    first = hardware.measure_matmul_peak(torch.device("cpu"), torch.float32, n=64, seconds=0.05)
+    cache = tmp_path / "matmul_peak.json"
+    key = next(iter(json.loads(cache.read_text())))
+    cache.write_text(json.dumps({key: first * 1000}))  # a better earlier measurement
+    assert hardware.measure_matmul_peak(torch.device("cpu"), torch.float32, n=64, seconds=0.05) == first * 1000
+    cache.write_text(json.dumps({key: 1.0}))  # a measurement taken under contention
+    assert hardware.measure_matmul_peak(torch.device("cpu"), torch.float32, n=64, seconds=0.05) > 1.0
+    assert json.loads(cache.read_text())[key] > 1.0

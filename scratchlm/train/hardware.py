@@ -63,19 +63,24 @@ def _peak_cache() -> Path:
 
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 1.5,
                         use_cache: bool = True) -> float:
-    """Best sustained FLOP/s of an n x n matmul on this device and dtype (cached per machine)."""
+    """Best sustained FLOP/s of an n x n matmul on this device and dtype (cached per machine).
+
+    The cache keeps the best value ever measured: a measurement taken while other processes share the cores
+    reads low, and a low peak would inflate every MFU computed from it (>100% was seen). A cached peak is
+    still re-measured briefly, so it converges to the machine's real one."""
     key = f"{platform.node()}|{platform.processor() or platform.machine()}|{device.type}|{dtype}|" \
           f"{torch.get_num_threads()}|{n}"
     if device.type == "cuda":
         key += "|" + torch.cuda.get_device_name(device)
     cache = _peak_cache()
+    cached = 0.0
     if use_cache and cache.exists():
         try:
-            data = json.loads(cache.read_text())
-            if key in data:
-                return float(data[key])
-        except (OSError, json.JSONDecodeError):
-            pass
+            cached = float(json.loads(cache.read_text()).get(key, 0.0))
+        except (OSError, ValueError, AttributeError):
+            cached = 0.0
+    if cached:
+        seconds = min(seconds, 0.3)
     # A private generator: drawing from the global one would shift dropout masks after a resume (and make
     # a run depend on whether this measurement was cached), breaking bit-exact resumption.
     gen = torch.Generator(device=device).manual_seed(0)
@@ -92,15 +97,15 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048,
         sync()
         dt = (time.perf_counter() - t) / (4 if device.type == "cuda" else 1)
         best = max(best, 2 * n**3 / dt)
-    if use_cache:
+    if use_cache and best > cached:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             data = json.loads(cache.read_text()) if cache.exists() else {}
             data[key] = best
             cache.write_text(json.dumps(data, indent=1))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             pass
-    return best
+    return max(best, cached)
 
 
 def peak_rss_mb() -> float:
