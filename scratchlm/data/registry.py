@@ -101,6 +101,12 @@ _WIKITEXT2_URL = (
     "word_language_model/data/wikitext-2/{}.txt"
 )
 
+def _pretraining_text(name: str, description: str, license: str) -> DatasetSpec:
+    """A pretraining-only corpus of the data folder: one ``train.parquet`` with a ``text`` column."""
+    return DatasetSpec(name=name, description=description, splits={"train": "train.parquet"}, text_column="text",
+                       license=license, general_text=True, pretrain_splits=("train",))
+
+
 _SPECS: list[DatasetSpec] = [
     DatasetSpec(
         name="tinyshakespeare",
@@ -141,59 +147,35 @@ _SPECS: list[DatasetSpec] = [
     # ``train`` file (one document per row); prepare holds out a seeded fraction of whole documents.
     # They are processed copies of GitHub repositories (see the data folder's README), so there is no
     # upstream file to download: they must be in the data directory.
-    DatasetSpec(
-        name="gutenberg_en",
-        description="377 English Project Gutenberg books (headers stripped; hard-wrapped lines), 105.5M chars.",
-        splits={"train": "train.parquet"},
-        text_column="text",
-        license="public domain (US)",
-        general_text=True,
-        pretrain_splits=("train",),
+    _pretraining_text(
+        "gutenberg_en",
+        "377 English Project Gutenberg books (headers stripped; hard-wrapped lines), 105.5M chars.",
+        "public domain (US)",
     ),
-    DatasetSpec(
-        name="openstax_ccby_en",
-        description="OpenStax textbooks (anthropology, US and world history), 778 sections, 9.1M chars.",
-        splits={"train": "train.parquet"},
-        text_column="text",
-        license="CC BY 4.0 (OpenStax, Rice University)",
-        general_text=True,
-        pretrain_splits=("train",),
+    _pretraining_text(
+        "openstax_ccby_en",
+        "OpenStax textbooks (anthropology, US and world history), 778 sections, 9.1M chars.",
+        "CC BY 4.0 (OpenStax, Rice University)",
     ),
-    DatasetSpec(
-        name="shu_books_zh",
-        description="321 public-domain Chinese books (modern prose, Ming/Qing vernacular novels), 44.2M chars.",
-        splits={"train": "train.parquet"},
-        text_column="text",
-        license="public domain (PRC law); repository MIT",
-        general_text=True,
-        pretrain_splits=("train",),
+    _pretraining_text(
+        "shu_books_zh",
+        "321 public-domain Chinese books (modern prose, Ming/Qing vernacular novels), 44.2M chars.",
+        "public domain (PRC law); repository MIT",
     ),
-    DatasetSpec(
-        name="lctt_zh",
-        description="Linux.cn (LCTT) translated technical articles, 7,964 articles, 17.0M chars.",
-        splits={"train": "train.parquet"},
-        text_column="text",
-        license="Apache-2.0 (originals mostly CC BY-SA)",
-        general_text=True,
-        pretrain_splits=("train",),
+    _pretraining_text(
+        "lctt_zh",
+        "Linux.cn (LCTT) translated technical articles, 7,964 articles, 17.0M chars.",
+        "Apache-2.0 (originals mostly CC BY-SA)",
     ),
-    DatasetSpec(
-        name="lawrefbook_zh",
-        description="PRC laws and regulations (official text), 3,412 documents, 19.5M chars.",
-        splits={"train": "train.parquet"},
-        text_column="text",
-        license="official texts, outside copyright (PRC Copyright Law art. 5)",
-        general_text=True,
-        pretrain_splits=("train",),
+    _pretraining_text(
+        "lawrefbook_zh",
+        "PRC laws and regulations (official text), 3,412 documents, 19.5M chars.",
+        "official texts, outside copyright (PRC Copyright Law art. 5)",
     ),
-    DatasetSpec(
-        name="tidb_docs_zh",
-        description="TiDB documentation in Chinese, 1,083 pages, 3.3M chars.",
-        splits={"train": "train.parquet"},
-        text_column="text",
-        license="CC BY-SA 3.0 (PingCAP and the docs-cn contributors)",
-        general_text=True,
-        pretrain_splits=("train",),
+    _pretraining_text(
+        "tidb_docs_zh",
+        "TiDB documentation in Chinese, 1,083 pages, 3.3M chars.",
+        "CC BY-SA 3.0 (PingCAP and the docs-cn contributors)",
     ),
     DatasetSpec(
         name="wikitext2",
@@ -252,9 +234,7 @@ _SPECS: list[DatasetSpec] = [
     ),
     DatasetSpec(
         name="chnsenticorp",
-        description=(
-            "ChnSentiCorp Chinese review sentiment; test is unlabeled (label -1), evaluate on validation."
-        ),
+        description="ChnSentiCorp Chinese review sentiment; test is unlabeled (label -1), evaluate on validation.",
         splits={"train": "train.parquet", "validation": "validation.parquet", "test": "test.parquet"},
         text_column="text",
         label_column="label",
