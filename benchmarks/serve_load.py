@@ -12,6 +12,12 @@ top-p 0.95, no seed, so requests may share a batch) ``--max-tokens`` tokens at m
 generated tokens/s (the server's own counter), the mean batch size, and the server's resident memory when
 ready, after the warmup and at the end (growth is measured from after the warmup).
 
+With ``--slow-headers N`` (default 500) the first mode also runs a slowloris probe while its requests are
+measured: N connections send a request line and part of a header, then one more byte every second and never
+finish; the server (``--header-timeout`` seconds, default 10) must close every one of them within that deadline
+(plus ``--slack`` seconds) while the normal requests are answered. Reported: how many were opened, closed in time,
+closed late, still open, and the latest close.
+
 Bounded: traffic goes to 127.0.0.1 only; a mode stops sending after ``--max-seconds`` (the report says how
 many requests were sent); the server is stopped with SIGTERM (then killed) whatever happens.
 """
@@ -99,7 +105,54 @@ async def one(client: httpx.AsyncClient, path: str, body: dict, stream: bool) ->
         return False, time.perf_counter() - t0, f"{type(e).__name__}: {e}"
 
 
-async def drive(url: str, requests: list, clients: int, max_seconds: float) -> dict:
+async def slow_header_probe(port: int, n: int, limit_s: float) -> dict:
+    """``n`` slowloris connections to 127.0.0.1:``port``: each sends part of its headers, then a byte a second;
+    returns when the server has closed them all or ``limit_s`` has passed (then closes the rest itself)."""
+    t0 = time.perf_counter()
+    closed_after: list[float] = []
+    stop = asyncio.Event()
+
+    async def one_connection() -> None:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            closed_after.append(float("nan"))  # refused: counted as not opened
+            return
+        try:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            await writer.drain()
+
+            async def trickle() -> None:
+                while not stop.is_set():
+                    await asyncio.sleep(1.0)
+                    writer.write(b"a")
+                    await writer.drain()
+
+            feeding = asyncio.create_task(trickle())
+            try:
+                while await reader.read(65536):  # the 408, then EOF when the server closes the connection
+                    pass
+                closed_after.append(time.perf_counter() - t0)
+            except (ConnectionError, OSError):
+                closed_after.append(time.perf_counter() - t0)
+            finally:
+                feeding.cancel()
+        finally:
+            writer.close()
+
+    tasks = [asyncio.create_task(one_connection()) for _ in range(n)]
+    done, pending = await asyncio.wait(tasks, timeout=limit_s)
+    stop.set()
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    closed = [c for c in closed_after if c == c]
+    return {"opened": n - (len(closed_after) - len(closed)), "closed": len(closed), "still_open": len(pending),
+            "closed_s": closed}
+
+
+async def drive(url: str, requests: list, clients: int, max_seconds: float, slow_headers: int = 0,
+                header_timeout: float = 10.0, slack: float = 2.0) -> dict:
     todo = iter(requests)
     latencies, failures = [], []
     deadline = time.perf_counter() + max_seconds
@@ -115,18 +168,32 @@ async def drive(url: str, requests: list, clients: int, max_seconds: float) -> d
                     failures.append(f"{path}: {why}")
 
         t0 = time.perf_counter()
+        probe = None
+        if slow_headers:
+            port = int(url.rsplit(":", 1)[1])
+            probe = asyncio.create_task(slow_header_probe(port, slow_headers, header_timeout + slack + 10))
+            await asyncio.sleep(0.5)  # the probe's connections are open before the measured requests start
         await asyncio.gather(*(worker() for _ in range(clients)))
         wall = time.perf_counter() - t0
-    return {"sent": len(latencies), "failed": len(failures), "failures": failures[:10], "wall_s": wall,
-            "latencies": latencies}
+        slow = await probe if probe is not None else None
+    out = {"sent": len(latencies), "failed": len(failures), "failures": failures[:10], "wall_s": wall,
+           "latencies": latencies}
+    if slow is not None:
+        times = slow.pop("closed_s")
+        slow.update(header_timeout_s=header_timeout, closed_in_time=sum(t <= header_timeout + slack for t in times),
+                    closed_late=sum(t > header_timeout + slack for t in times),
+                    latest_close_s=max(times, default=float("nan")),
+                    earliest_close_s=min(times, default=float("nan")))
+        out["slow_headers"] = slow
+    return out
 
 
-def run_mode(args, batch: int) -> dict:
+def run_mode(args, batch: int, slow_headers: int = 0) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "scratchlm.serve", "--model", f"lm={args.lm}", "--port", str(port),
            "--max-batch-size", str(batch), "--max-queue", str(max(64, 4 * args.clients)), "--log-level", "warning",
-           "--max-tokens-limit", str(max(args.max_tokens, 16))]
+           "--max-tokens-limit", str(max(args.max_tokens, 16)), "--header-timeout", str(args.header_timeout)]
     if args.classifier:
         cmd += ["--model", f"clf={args.classifier}"]
     if args.threads:
@@ -153,7 +220,7 @@ def run_mode(args, batch: int) -> dict:
         rss_warm = rss_mb(proc.pid)
         before = httpx.get(url + "/metrics", timeout=30).text
         result = asyncio.run(drive(url, make_requests(args.requests, args.seed, args.max_tokens, with_clf),
-                                   args.clients, args.max_seconds))
+                                   args.clients, args.max_seconds, slow_headers, args.header_timeout, args.slack))
         after = httpx.get(url + "/metrics", timeout=30).text
         rss_end = rss_mb(proc.pid)
     finally:
@@ -190,6 +257,11 @@ def main() -> int:
     p.add_argument("--max-seconds", type=float, default=900, help="per mode: stop sending after this")
     p.add_argument("--threads", type=int, default=None, help="the server's torch threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slow-headers", type=int, default=500,
+                   help="slowloris connections opened during the first mode (0 = no probe)")
+    p.add_argument("--header-timeout", type=float, default=10.0, help="the server's --header-timeout")
+    p.add_argument("--slack", type=float, default=2.0,
+                   help="seconds past --header-timeout a slow connection may take to be closed")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: never leave a server behind
@@ -197,19 +269,26 @@ def main() -> int:
         print(f"no classifier at {args.classifier}: classifications are replaced by completions", file=sys.stderr)
         args.classifier = ""
     results = []
-    for batch in args.batch_sizes:
-        r = run_mode(args, batch)
+    for i, batch in enumerate(args.batch_sizes):
+        r = run_mode(args, batch, args.slow_headers if i == 0 else 0)
         results.append(r)
         print(f"max-batch-size {batch:>2}: {r['sent']} requests ({r['failed']} failed) in {r['wall_s']:.1f} s, "
               f"{r['requests_per_s']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
               f"{r['generated_tokens_per_s']:.0f} generated tok/s, mean batch {r['mean_batch_rows']:.1f} rows, "
               f"RSS {r['rss_ready_mb']:.0f} -> {r['rss_after_warmup_mb']:.0f} -> {r['rss_end_mb']:.0f} MB "
               f"({r['rss_growth_pct']:+.1f}% after warmup)", flush=True)
+        if "slow_headers" in r:
+            sh = r["slow_headers"]
+            print(f"  slow headers: {sh['opened']} connections opened, {sh['closed_in_time']} closed within "
+                  f"{sh['header_timeout_s']:g} s + {args.slack:g} s, {sh['closed_late']} later, {sh['still_open']} "
+                  f"still open; closed after {sh['earliest_close_s']:.1f}-{sh['latest_close_s']:.1f} s", flush=True)
         for f in r["failures"]:
             print(f"  failed: {f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
-    return 1 if any(r["failed"] for r in results) else 0
+    slow_ok = all(r["slow_headers"]["closed_in_time"] == r["slow_headers"]["opened"] == args.slow_headers
+                  for r in results if "slow_headers" in r)
+    return 1 if any(r["failed"] for r in results) or not slow_ok else 0
 
 
 if __name__ == "__main__":

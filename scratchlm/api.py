@@ -149,6 +149,11 @@ class Model:
     """A loaded model folder and the tasks it can do; see the module docstring."""
 
     def __init__(self, loaded: LoadedModel, task: str, name: str | None = None) -> None:
+        if loaded.tokenizer is not None:
+            # everything this object encodes is caller-supplied text (prompts, texts to classify / translate /
+            # summarize): special-token strings in it are plain text, never control tokens ("<|eos|>" in a
+            # prompt must not end the document); task prompts add their special tokens by id
+            loaded.tokenizer = loaded.tokenizer.plain_text()
         self.loaded, self.task = loaded, task
         self.folder: Path = Path(loaded.folder)
         self.config: dict = loaded.config
@@ -190,10 +195,11 @@ class Model:
                             f"{' / '.join(self.tasks)}, not {method}")
 
     def encode(self, text: str) -> list[int]:
-        """Prompt token ids (no <|bos|>, as in pretraining, where documents follow an <|eos|>)."""
+        """Prompt token ids (no <|bos|>, as in pretraining, where documents follow an <|eos|>); special-token
+        strings in ``text`` are encoded as plain text."""
         if self.tokenizer is None:
             raise TaskError(f"model {self.name!r} has no tokenizer (a classical baseline)")
-        return self.tokenizer.encode(text)
+        return self.tokenizer.encode(text, allow_special=False)
 
     # -- generation ------------------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[str], *, max_tokens: int = 128, temperature: float = 1.0,

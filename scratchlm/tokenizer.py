@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import codecs
+import copy
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
@@ -158,6 +159,7 @@ class Tokenizer:
     def __init__(self, tk: tokenizers.Tokenizer, *, source: str = "<memory>") -> None:
         self._tk = tk
         self._source = source
+        self._allow_special = True
         for i, tok in enumerate(SPECIAL_TOKENS):
             got = tk.token_to_id(tok)
             if got != i:
@@ -207,17 +209,49 @@ class Tokenizer:
         return i
 
     # -- encode / decode -------------------------------------------------------------------------------
-    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
-        """Token ids of ``text``; special-token strings in the text become their single special id."""
-        ids = self._tk.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, *, bos: bool = False, eos: bool = False,
+               allow_special: bool | None = None) -> list[int]:
+        """Token ids of ``text``. With ``allow_special`` (the default, except on a ``plain_text()`` view),
+        special-token strings in the text become their single special id; with ``allow_special=False`` they
+        are ordinary text ("<|eos|>" -> "<|", "eos", "|>"), as user-supplied text must be: it may not inject
+        control tokens. ``bos`` / ``eos`` add those ids either way."""
+        ids = self._backend_for(allow_special).encode(text, add_special_tokens=False).ids
         return self._wrap(ids, bos, eos)
 
-    def encode_batch(self, texts: Sequence[str], *, bos: bool = False, eos: bool = False) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str], *, bos: bool = False, eos: bool = False,
+                     allow_special: bool | None = None) -> list[list[int]]:
         """Encode many texts in parallel (Rust threads); same result as ``[encode(t) for t in texts]``."""
         texts = list(texts)
+        tk = self._backend_for(allow_special)
         # encode_batch_fast skips char offsets we never use (tokenizers >= 0.21).
-        fast = getattr(self._tk, "encode_batch_fast", self._tk.encode_batch)
+        fast = getattr(tk, "encode_batch_fast", tk.encode_batch)
         return [self._wrap(e.ids, bos, eos) for e in fast(texts, add_special_tokens=False)]
+
+    def plain_text(self) -> Tokenizer:
+        """A view of this tokenizer (same vocabulary, ids, fingerprint) whose ``encode`` / ``encode_batch``
+        default to ``allow_special=False``: for encoding user text (prompts, texts to classify/translate)."""
+        view = copy.copy(self)
+        view._allow_special = False
+        return view
+
+    @property
+    def allows_special(self) -> bool:
+        """Whether ``encode`` turns special-token strings into special ids by default."""
+        return self._allow_special
+
+    def _backend_for(self, allow_special: bool | None) -> tokenizers.Tokenizer:
+        if self._allow_special if allow_special is None else allow_special:
+            return self._tk
+        return self._plain_tk
+
+    @cached_property
+    def _plain_tk(self) -> tokenizers.Tokenizer:
+        # A copy with tokenizers' ``encode_special_tokens`` set: added (special) tokens are not split out of the
+        # text, so their strings go through the pre-tokenizer and BPE like any other text. A copy, not a toggle
+        # on the shared backend, so concurrent encodes never see each other's setting.
+        tk = tokenizers.Tokenizer.from_str(self._tk.to_str())
+        tk.encode_special_tokens = True
+        return tk
 
     def _wrap(self, ids: list[int], bos: bool, eos: bool) -> list[int]:
         if bos:

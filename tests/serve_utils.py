@@ -60,13 +60,14 @@ class ThreadServer:
     def __init__(self, app, shutdown_timeout: float = 10.0) -> None:
         import uvicorn
 
-        from scratchlm.serve.server import bind
+        from scratchlm.serve.server import bind, uvicorn_config
 
         self.sock = bind("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
+        # the served configuration (read deadlines, keep-alive, connection cap) from the app's settings
+        self.server = uvicorn.Server(uvicorn_config(app, app.state.serve.settings, log_level="warning",
                                                     timeout_graceful_shutdown=shutdown_timeout))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

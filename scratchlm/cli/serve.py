@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
 from ..serve.settings import ServeSettings
 
@@ -25,8 +27,16 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                          "name: the run folder's")
     sp.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1: this machine only)")
     sp.add_argument("--port", type=int, default=d.port, help="port (0 = any free port; the URL is printed)")
+    sp.add_argument("--api-key-file", default=None, metavar="PATH",
+                    help="require 'Authorization: Bearer KEY' on /v1/* and /metrics, KEY being this file's first "
+                         "line (default: $SCRATCHLM_API_KEY, else no key)")
     sp.add_argument("--api-key", default=None,
-                    help="require 'Authorization: Bearer KEY' on /v1/* and /metrics (default $SCRATCHLM_API_KEY)")
+                    help="deprecated: the key on the command line is visible to every user of the machine (ps); "
+                         "use $SCRATCHLM_API_KEY or --api-key-file")
+    sp.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                    help="a Host header value to answer (repeatable; '*.example.com' for subdomains, '*' for any "
+                         "(not recommended: DNS rebinding)); default: " + ", ".join(d.allowed_hosts)
+                         + " and the --host address")
     sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     sp.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     sp.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
@@ -42,6 +52,14 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     sp.add_argument("--max-items", type=int, default=d.max_items,
                     help="texts per classify/translate/summarize request, and prompts x n per completion")
     sp.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="request body size; more is 413")
+    sp.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
+                    help="seconds a client has to send its request line and headers; then 408 and closed")
+    sp.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
+                    help="seconds a client has to send its request body after the headers; then 408 and closed")
+    sp.add_argument("--keep-alive-timeout", type=float, default=d.keep_alive_s,
+                    help="seconds an idle kept-alive connection stays open")
+    sp.add_argument("--max-connections", type=int, default=d.max_connections,
+                    help="open connections; more are answered 503 and closed")
     sp.add_argument("--shutdown-timeout", type=float, default=d.shutdown_timeout_s,
                     help="seconds in-flight requests get to finish after SIGINT/SIGTERM")
     sp.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -50,13 +68,42 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     return sp
 
 
+def api_key_from(args, environ=os.environ, warn=None) -> str | None:
+    """The API key: ``--api-key-file``'s first line, else ``$SCRATCHLM_API_KEY``, else ``--api-key`` (warned
+    about: argv is visible to every user of the machine), else None."""
+    warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    given = [name for name, v in (("--api-key-file", getattr(args, "api_key_file", None)),
+                                  ("--api-key", getattr(args, "api_key", None))) if v]
+    if len(given) > 1:
+        raise ValueError("give the API key once: --api-key-file or $SCRATCHLM_API_KEY (not also --api-key)")
+    if getattr(args, "api_key_file", None):
+        path = Path(args.api_key_file).expanduser()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise ValueError(f"--api-key-file: cannot read {path}: {e.strerror or e}") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise ValueError(f"--api-key-file: {path} is empty; its first line is the key")
+        return key
+    if getattr(args, "api_key", None):
+        warn("scratchlm serve: warning: --api-key puts the key on the command line, where every user of this "
+             "machine can read it (ps, /proc); use $SCRATCHLM_API_KEY or --api-key-file PATH instead")
+        return args.api_key
+    return environ.get("SCRATCHLM_API_KEY") or None
+
+
 def settings_from_args(args) -> ServeSettings:
-    s = ServeSettings(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("SCRATCHLM_API_KEY"),
+    s = ServeSettings(host=args.host, port=args.port, api_key=api_key_from(args),
                       max_batch_size=args.max_batch_size, max_queue=args.max_queue,
                       request_timeout_s=args.request_timeout, max_body_bytes=args.max_body_bytes,
                       max_input_chars=args.max_input_chars, max_items=args.max_items,
                       max_tokens_limit=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
-                      shutdown_timeout_s=args.shutdown_timeout)
+                      shutdown_timeout_s=args.shutdown_timeout, header_timeout_s=args.header_timeout,
+                      body_timeout_s=args.body_timeout, keep_alive_s=args.keep_alive_timeout,
+                      max_connections=args.max_connections)
+    if args.allowed_host:
+        s.allowed_hosts = tuple(args.allowed_host)
     s.validate()
     return s
 

@@ -349,7 +349,8 @@ class _StopStringFilter:
 
 
 def _encode_prompt(tokenizer, prompt: str, bos: bool) -> list[int]:
-    ids = tokenizer.encode(prompt, bos=bos)
+    # the prompt is user text: special-token strings in it stay text (they may not inject control tokens)
+    ids = tokenizer.encode(prompt, bos=bos, allow_special=False)
     if not ids:
         raise ValueError("the prompt encodes to no tokens; pass bos=True or a non-empty prompt")
     return ids

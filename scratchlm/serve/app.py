@@ -2,8 +2,9 @@
 
 Routes: ``GET /`` (the web page) and ``/static/*``, ``GET /health``, ``GET /metrics``, ``GET /v1/models``,
 ``POST /v1/completions`` and ``/v1/chat/completions`` (``openai_routes.py``), ``POST /v1/classify``,
-``/v1/translate`` and ``/v1/summarize`` (``task_routes.py``). ``Guard`` (an ASGI middleware) runs first: API key,
-body size limit, request counts and latency.
+``/v1/translate`` and ``/v1/summarize`` (``task_routes.py``). ``Guard`` (an ASGI middleware) runs first: Host
+allow-list (DNS rebinding), API key, body size limit, request counts and latency. Read deadlines and the
+connection cap are the protocol's (``protocol.py``).
 """
 
 from __future__ import annotations
@@ -55,10 +56,9 @@ class ServeState:
         if model is None:
             raise APIError(404, f"model {name!r} is not served here; served models: {', '.join(self.models)}",
                            param="model", code="model_not_found")
-        try:
-            model._require(method)
-        except TaskError as e:
-            raise APIError(400, str(e), param="model", code="unsupported_task") from None
+        if method not in model.tasks:  # said without the model's folder (Model._require names it)
+            raise APIError(400, f"model {model.name!r} is a {model.task} model: it can {' / '.join(model.tasks)}, "
+                                f"not {method}", param="model", code="unsupported_task")
         return model
 
     async def run(self, model: Model, job: Job):
@@ -90,7 +90,8 @@ class ServeState:
 
 
 class Guard:
-    """ASGI middleware: API key, body size limit (413 before parsing), request counts, latency, in-flight."""
+    """ASGI middleware: Host allow-list (400), API key (401), body size limit (413 before parsing), request
+    counts, latency, in-flight."""
 
     def __init__(self, app, state: ServeState) -> None:
         self.app, self.state = app, state
@@ -114,12 +115,19 @@ class Guard:
 
         metrics.in_flight.inc()
         try:
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if not settings.host_allowed(host):
+                return await reply(400, f"the Host header {host[:100]!r} is not one this server answers to "
+                                        f"(--allowed-host)", "invalid_host")
             if settings.api_key and path not in OPEN_PATHS and not path.startswith("/static/") \
                     and not self._authorized(scope):
                 return await reply(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                    "invalid_api_key", [(b"www-authenticate", b"Bearer")])
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 body = await self._read_body(receive, settings.max_body_bytes, scope)
+                if body is DISCONNECTED:  # the client went away (or its body timed out): no one to answer
+                    status[0] = 499
+                    return
                 if body is None:
                     return await reply(413, f"the request body is larger than {settings.max_body_bytes:,} bytes "
                                             f"(--max-body-bytes)", "request_too_large")
@@ -137,8 +145,9 @@ class Guard:
                                                                      self.state.settings.api_key.encode())
 
     @staticmethod
-    async def _read_body(receive, limit: int, scope) -> bytes | None:
-        """The whole body, or None when it is over ``limit`` bytes (declared or sent)."""
+    async def _read_body(receive, limit: int, scope):
+        """The whole body, None when it is over ``limit`` bytes (declared or sent), ``DISCONNECTED`` when the
+        client disconnected before sending all of it."""
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return None
@@ -146,7 +155,7 @@ class Guard:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return b"".join(chunks)
+                return DISCONNECTED
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -154,6 +163,9 @@ class Guard:
             chunks.append(chunk)
             if not message.get("more_body"):
                 return b"".join(chunks)
+
+
+DISCONNECTED = object()
 
 
 def _replay(body: bytes, receive):
@@ -174,6 +186,8 @@ def create_app(models: dict[str, Model], settings: ServeSettings | None = None) 
     settings = settings or ServeSettings()
     settings.validate()
     state = ServeState(models, settings, Metrics())
+    for m in models.values():
+        errors.register_private(m.folder)  # error messages never show where the models live
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__
 from ..api import CHAT_STOP, Generation, GenerationRequest, Model, _groups, format_chat
 from .batching import Job
-from .errors import APIError, error_body
+from .errors import APIError, error_body, internal_error
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 FINGERPRINT = f"scratchlm-{__version__}"
@@ -121,7 +121,7 @@ async def stream_events(state, request: Request, model: Model, rows: list[Genera
                     yield sse(piece_chunk(row, piece))
             error = job.future.exception()
             if error is not None:
-                yield sse(error_body(500, f"generation failed: {type(error).__name__}: {error}"))
+                yield sse(error_body(500, internal_error(error, "generation failed")))
                 return
             results = job.future.result()
             for i, g in enumerate(results):

@@ -11,6 +11,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Integer fields are bounded, so a huge number is refused (400, naming the field) before it reaches torch or
+# numpy ("Overflow when unpacking long long"); the server's own limits (--max-tokens-limit, ...) come after.
+INT32_MAX = 2**31 - 1
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
@@ -22,14 +27,14 @@ class StreamOptions(_Body):
 
 class _Sampling(_Body):
     model: str
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(None, le=INT32_MAX)  # 1..--max-tokens-limit is checked by the routes
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)  # extension (vLLM-style)
+    top_k: int | None = Field(None, ge=1, le=INT32_MAX)  # extension (vLLM-style)
     repetition_penalty: float = Field(1.0, gt=0, le=10)  # extension (vLLM-style)
     stop: str | list[str] | None = None
-    n: int = Field(1, ge=1)
-    seed: int | None = None
+    n: int = Field(1, ge=1, le=INT32_MAX)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = None
@@ -66,7 +71,7 @@ class _Sampling(_Body):
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
     echo: bool = False
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=1, le=INT32_MAX)
     suffix: str | None = None
 
     @model_validator(mode="after")
@@ -101,7 +106,7 @@ class ChatMessage(_Body):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: int | None = Field(None, le=INT32_MAX)
     tools: list | None = None
     response_format: dict | None = None
 
@@ -133,8 +138,8 @@ class ClassifyRequest(TextsRequest):
 
 
 class Seq2SeqRequest(TextsRequest):
-    num_beams: int | None = Field(None, ge=1)
-    max_tokens: int | None = None
+    num_beams: int | None = Field(None, ge=1, le=INT32_MAX)
+    max_tokens: int | None = Field(None, le=INT32_MAX)  # 1..--max-tokens-limit is checked by the routes
 
 
 class TranslateRequest(Seq2SeqRequest):

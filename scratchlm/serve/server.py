@@ -61,6 +61,26 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def uvicorn_config(app, settings: ServeSettings, **kw):
+    """uvicorn's ``Config`` for ``app`` with the settings' read deadlines, keep-alive and connection cap."""
+    import uvicorn
+
+    from .protocol import make_protocol
+
+    metrics = getattr(getattr(getattr(app, "state", None), "serve", None), "metrics", None)
+    on_reject = (lambda reason: metrics.rejected.labels(reason).inc()) if metrics is not None else None
+    kw.setdefault("timeout_graceful_shutdown", settings.shutdown_timeout_s)
+    return uvicorn.Config(app, http=make_protocol(settings, on_reject),
+                          timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # a float works
+                          **kw)
+
+
+def add_bound_host(settings: ServeSettings, host: str) -> None:
+    """A server bound to one specific address also answers requests that name that address."""
+    if host not in ("0.0.0.0", "::", "") and not settings.host_allowed(host if ":" not in host else f"[{host}]"):
+        settings.allowed_hosts = (*settings.allowed_hosts, host.lower())
+
+
 def run(models: dict[str, Model], settings: ServeSettings, *, log_level: str = "info",
         access_log: bool = False) -> None:
     """Serve ``models`` until SIGINT/SIGTERM (in-flight requests finish first)."""
@@ -68,17 +88,23 @@ def run(models: dict[str, Model], settings: ServeSettings, *, log_level: str = "
 
     from .app import create_app
 
-    app = create_app(models, settings)
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
+    add_bound_host(settings, host)
+    app = create_app(models, settings)
     shown = f"[{host}]" if ":" in host else host
     if host not in ("127.0.0.1", "::1", "localhost") and not settings.api_key:
-        print(f"scratchlm serve: warning: listening on {host} without --api-key: anyone who can reach this "
-              f"machine can use the models", file=sys.stderr)
+        print(f"scratchlm serve: warning: listening on {host} without an API key ($SCRATCHLM_API_KEY or "
+              f"--api-key-file): anyone who can reach this machine can use the models", file=sys.stderr)
+    if "*" in settings.allowed_hosts:
+        print("scratchlm serve: warning: --allowed-host '*' answers any Host header: a web page on another site "
+              "can reach this server through DNS rebinding; name the hosts instead", file=sys.stderr)
+    elif host in ("0.0.0.0", "::"):
+        print(f"scratchlm serve: note: only requests for {', '.join(settings.allowed_hosts)} are answered; add the "
+              f"names this machine is reached by with --allowed-host NAME", file=sys.stderr)
     print(f"scratchlm serve: http://{shown}:{port}/ (web page), http://{shown}:{port}/v1 (OpenAI-compatible API); "
           f"Ctrl-C stops", flush=True)
-    config = uvicorn.Config(app, log_level=log_level, access_log=access_log,
-                            timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    config = uvicorn_config(app, settings, log_level=log_level, access_log=access_log)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler it found;
     # this one turns that into a normal exit instead of a KeyboardInterrupt traceback or death by SIGTERM
     stopped = []

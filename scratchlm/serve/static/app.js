@@ -285,9 +285,12 @@ $("stop").addEventListener("click", () => controller && controller.abort());
 $("input").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !$("run").disabled) run();
 });
-$("api-key").value = localStorage.getItem("scratchlm-api-key") || "";
+// The key is kept for this tab only (sessionStorage: gone when the tab closes, never shared with other tabs
+// or written to disk by the browser); a key an older version left in localStorage is removed.
+try { localStorage.removeItem("scratchlm-api-key"); } catch (e) { /* storage disabled */ }
+$("api-key").value = sessionStorage.getItem("scratchlm-api-key") || "";
 $("api-key").addEventListener("change", () => {
-  localStorage.setItem("scratchlm-api-key", $("api-key").value.trim());
+  sessionStorage.setItem("scratchlm-api-key", $("api-key").value.trim());
   loadModels();
 });
 
