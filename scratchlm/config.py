@@ -171,12 +171,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[tuple[str, Any]]) -> d
     return out
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (f" (the base: of {_chain[-1]})" if _chain else ""))
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a recipe YAML file")
+    key = path.resolve()
+    if key in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(key):], key))
+        raise ConfigError(f"{path}: `base:` makes a cycle ({cycle}); a recipe cannot extend itself")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save the recipe as UTF-8") from e
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
     if data is None:
@@ -185,7 +195,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     base = data.pop("base", None)
     if base:  # recipes may extend another recipe: `base: other.yaml`
-        parent = load_yaml((path.parent / base) if not Path(base).is_absolute() else base)
+        parent = load_yaml((path.parent / base) if not Path(base).is_absolute() else base, (*_chain, key))
         data = deep_merge(parent, data)
     return data
 

@@ -62,7 +62,7 @@ def test_epochs_none_or_positive_pass() -> None:
 @pytest.mark.parametrize("args, field", [
     (["pretrain", "--config", "shakespeare", "--train.max_time_s", "0"], "train.max_time_s"),
     (["pretrain", "--config", "shakespeare", "--train.max_time_s", "-5"], "train.max_time_s"),
-    (["quickstart", "--minutes", "-1"], "max_time_s"),
+    (["quickstart", "--minutes", "-1"], "--minutes"),
 ], ids=["pretrain-0s", "pretrain-negative", "quickstart-negative-minutes"])
 def test_cli_refuses_a_meaningless_budget_without_a_traceback_or_a_model(tmp_path: Path, args: list[str],
                                                                           field: str) -> None:

@@ -163,14 +163,15 @@ def test_classify_and_evaluate_cli(tmp_path, tiny_lm_dir, csv, cli_env):
     import pandas as pd
 
     out = pd.read_csv(tmp_path / "o.csv")
-    assert out["label"].tolist() == ["neg", "pos"] and {"p_neg", "p_pos", "probability"} <= set(out.columns)
+    assert out["prediction"].tolist() == ["neg", "pos"] and {"p_neg", "p_pos", "probability"} <= set(out.columns)
+    assert out["text"].tolist() == ["awful boring plot", "superb lovely story"]  # the input's columns are kept
     txt = tmp_path / "in.txt"
     txt.write_text("awful boring plot\n\nsuperb lovely story\n")
     p = subprocess.run(cli + ["classify", "--model", model, "--input", str(txt)], env=cli_env, capture_output=True,
                        text=True, cwd=REPO, timeout=120)
     assert p.returncode == 0, p.stderr
     rows = [json.loads(x) for x in (tmp_path / "in.predictions.jsonl").read_text().splitlines()]
-    assert [r["label"] for r in rows] == ["neg", "pos"]  # one text per non-empty line
+    assert [r["prediction"] for r in rows] == ["neg", "pos"]  # one text per non-empty line
     p = subprocess.run(cli + ["evaluate", "--model", model, "--data", f"{csv}:train", "--json"], env=cli_env,
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert p.returncode == 0, p.stderr

@@ -120,7 +120,9 @@ def test_aeslc_three_references_per_test_email(aeslc):
     assert len(test) == len(raw) == 1906  # the official test file is used as is
     ann = ["subject_line_ann0", "subject_line_ann1", "subject_line_ann2"]
     assert all(len(r) == 3 for r in test.references)
-    assert test.references == [[a.strip() for a in row] for row in raw[ann].itertuples(index=False)]
+    from scratchlm.data.clean import redact_pii  # personal data in the subjects became typed placeholders
+
+    assert test.references == [[redact_pii(a.strip()) for a in row] for row in raw[ann].itertuples(index=False)]
     assert test.targets == [r[0] for r in test.references]
     assert test.extra["subject_line"] == [s.strip() for s in raw["subject_line"]]  # the original subject
     assert test.extra["file"] == raw["file"].tolist()
@@ -257,3 +259,18 @@ def test_config_validation(tmp_path):
     s, t = _write_pair(tmp_path, ["a", "b", "c"], ["一", "二", "三"])
     with pytest.raises(DataError, match="too few to carve a test set"):
         load_parallel(_txt_cfg(s, t))
+
+
+@requires_aeslc
+def test_aeslc_personal_data_is_redacted_and_counted(aeslc):
+    """AESLC e-mails carry phone numbers and addresses: sources, targets and references get <phone>, <email>..."""
+    from scratchlm.data.clean import find_pii
+
+    assert sum(aeslc.redactions.values()) > 0 and "personal data redacted" in aeslc.summary()
+    for split in (aeslc.train, aeslc.val, aeslc.test):
+        for text in [*split.sources[:300], *split.targets[:300]]:
+            assert not find_pii(text)
+    assert any("<phone>" in r for refs in aeslc.test.references for r in refs)
+    raw = load_parallel(Seq2SeqDataConfig("aeslc", redact_pii=False, max_train_examples=50))
+    assert raw.redactions == {} and len(raw.test) == len(aeslc.test)
+    assert any(find_pii(t) for t in raw.test.sources)

@@ -151,3 +151,36 @@ def test_resume_without_checkpoint_starts_fresh_and_resume_refuses_other_model(t
                            model_kw={"n_layer": 1})
     with pytest.raises(ckpt.CheckpointError, match="n_layer"):
         trainer.fit()
+
+
+def test_sigterm_then_resume_is_bit_identical(tmp_path, cli_env, reference):
+    """A sitting ends: SIGTERM stops the run at the next step boundary with a checkpoint and a report (exit
+    143, stopped_because "signal"); --resume ends bit-identical to the run that never stopped."""
+    out = tmp_path / "run"
+    for attempt in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        log = open(tmp_path / "sigterm.log", "w")
+        proc = subprocess.Popen(cli_command(out, *RUN), env=cli_env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (out / "checkpoints" / ckpt.LATEST).exists():
+                time.sleep(random.Random(attempt).uniform(0.0, 0.1))
+                proc.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.0005)
+        proc.wait(timeout=120)
+        log.close()
+        report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+        if report.get("stopped_because") == "signal":
+            break
+    text = (tmp_path / "sigterm.log").read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]
+    assert report["stopped_because"] == "signal" and report["steps"] < N, report
+    stopped_at = ckpt.resolve(out / "checkpoints")
+    assert stopped_at.name == f"step_{report['steps']:07d}"
+    ckpt.verify(stopped_at)
+    assert "Traceback" not in text
+    proc = run_cli(out, *RUN, "train.resume=true", env=cli_env)
+    assert "resumed from" in proc.stdout + proc.stderr
+    assert_identical(final_state(out), reference)

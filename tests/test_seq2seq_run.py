@@ -77,8 +77,8 @@ def test_translate_cli(tmp_path, tiny_lm_dir, pairs_file, cli_env):
     assert [r["source"] for r in rows] == ["cat dog", "", "big sun"] and rows[1]["output"] == ""
     assert "1 empty source line(s) (first at line 2)" in p.stderr
     inp.write_bytes(b"cat dog\nbig \xff sun\n")
-    p = subprocess.run(cli + ["--input", str(inp)], env=cli_env, capture_output=True, text=True, cwd=REPO,
-                       timeout=120)
+    p = subprocess.run(cli + ["--input", str(inp), "--overwrite"], env=cli_env, capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
     assert p.returncode != 0 and "byte" in p.stderr and "in.txt" in p.stderr and "Traceback" not in p.stderr
 
 

@@ -17,6 +17,7 @@ from . import export, predict, report, serve, train
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scratchlm", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
     sub = p.add_subparsers(dest="verb", required=True)
     train.add_parsers(sub)  # prepare pretrain finetune baseline distill quickstart
     predict.add_parsers(sub)  # generate evaluate classify translate summarize
@@ -27,14 +28,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("SCRATCHLM_DEBUG"))
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args, extra)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
-        if os.environ.get("SCRATCHLM_DEBUG"):
+    except OSError as e:  # disk full, no permission, a missing folder, a path that is a file: the path and a remedy
+        if debug:
             raise
-        print(f"scratchlm {args.verb}: error: {e}", file=sys.stderr)
+        from ..train.fsutil import describe_os_error
+
+        print(f"scratchlm {args.verb}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
+    except (ConfigError, ValueError, RuntimeError) as e:
+        if debug:
+            raise
+        print(f"scratchlm {args.verb}: error: {_cli_words(str(e))}", file=sys.stderr)
+        return 2
+    except Exception as e:  # anything else a library raised (e.g. safetensors): one line; --debug shows where
+        if debug:
+            raise
+        print(f"scratchlm {args.verb}: error: {type(e).__name__}: {e} (run again with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+# hints written for the Python API, said in the command line's words
+_CLI_HINTS = (
+    ("Pass column=<one of them>.", "Choose one with --column (or the recipe's column field)."),
+    ("(pass dropna=True to skip empty cells)", "(remove or fill the empty cells)"),
+)
+
+
+def _cli_words(message: str) -> str:
+    for api, cli in _CLI_HINTS:
+        message = message.replace(api, cli)
+    return message

@@ -43,7 +43,10 @@ def add_parsers(subparsers) -> None:
     sp.add_argument("text", nargs="*")
     sp.add_argument("--input", help="txt/jsonl/csv/parquet file of texts")
     sp.add_argument("--column", default=None, help="text column of --input (default text)")
-    sp.add_argument("--output", help="predictions file (.jsonl, .csv or .parquet; default next to --input)")
+    sp.add_argument("--output", help="predictions file: the input's rows and columns plus prediction, probability "
+                                     "and p_<label>, as .jsonl, .csv or .parquet (the extension says which; "
+                                     "default <input>.predictions.<input's format> next to --input)")
+    sp.add_argument("--overwrite", action="store_true", help="replace --output when it exists (never the input)")
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_classify)
@@ -55,7 +58,10 @@ def add_parsers(subparsers) -> None:
         sp.add_argument("text", nargs="*")
         sp.add_argument("--input", help="txt (one text per line) / jsonl / csv / parquet file")
         sp.add_argument("--column", default=None, help="text column of --input (default text)")
-        sp.add_argument("--output", help="output jsonl (default next to --input)")
+        sp.add_argument("--output", help="outputs file: the input's rows and columns plus output (a .txt input: "
+                                         "source, output), as .jsonl, .csv or .parquet (default "
+                                         f"<input>.{verb}.jsonl next to --input)")
+        sp.add_argument("--overwrite", action="store_true", help="replace --output when it exists (never the input)")
         sp.add_argument("--beams", type=int, default=4, help="beam size (1 = greedy)")
         sp.add_argument("--max-new-tokens", type=int, default=None)
         if verb == "translate":
@@ -147,16 +153,80 @@ def _evaluate_lm(args) -> int:
     return 0
 
 
-def _read_inputs(args, keep_blank_lines: bool) -> list[str]:
-    """The texts of ``--input``: a .txt file holds one text per line (blank lines kept with
-    ``keep_blank_lines``, so outputs stay aligned with their lines), tables name their column (default text)."""
-    from ..data.sources import load_texts
+OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
 
-    if keep_blank_lines and Path(args.input).suffix == ".txt":
+
+def _output_path(args, what: str, keep_format: bool) -> Path:
+    """``--output`` (or the default next to ``--input``), refused before any work when it is the input, exists
+    (without --overwrite), is a folder, is in a missing folder, or has an extension no writer knows."""
+    from ..train.fsutil import check_output_file
+
+    inp = Path(args.input)
+    if not inp.exists():
+        raise FileNotFoundError(2, "No such file or directory (--input)", str(inp))
+    if args.output:
+        out = Path(args.output)
+    else:
+        fmt = inp.suffix.lower() if keep_format and inp.suffix.lower() in OUTPUT_FORMATS else ".jsonl"
+        out = inp.with_name(f"{inp.stem}.{what}{fmt}")
+    return check_output_file(out, inputs=(inp,), overwrite=args.overwrite, formats=OUTPUT_FORMATS)
+
+
+def _read_table(args, keep_blank_lines: bool):
+    """``--input`` as a DataFrame (every column kept) and its texts: a .txt file is one text per line (blank lines
+    kept with ``keep_blank_lines``, so outputs stay aligned with their lines) in a column ``text``; tables name
+    their text column with --column (default text)."""
+    import pandas as pd
+
+    from ..config import ConfigError
+    from ..data.sources import load_table
+
+    path = Path(args.input)
+    if keep_blank_lines and path.suffix == ".txt":
         from ..data.parallel import read_lines
 
-        return read_lines(Path(args.input))
-    return load_texts(args.input, "train", args.column or "text", txt_mode="lines")
+        df = pd.DataFrame({"text": read_lines(path)})
+    else:
+        df = load_table(args.input, "train", txt_mode="lines")
+    column = args.column or "text"
+    if column not in df.columns:
+        raise ConfigError(f"--input {args.input} has no column {column!r}; its columns: "
+                          f"{', '.join(map(str, df.columns))}. Choose one with --column")
+    texts = []
+    for i, value in enumerate(df[column].tolist()):
+        if not isinstance(value, str):
+            if keep_blank_lines and (value is None or value != value):
+                value = ""
+            else:
+                raise ConfigError(f"--input {args.input}, row {i + 1}, column {column!r}: expected a text, got "
+                                  f"{type(value).__name__} {value!r} (remove or fill the empty cells)")
+        texts.append(value)
+    return df, texts
+
+
+def _add_columns(df, columns: dict, args):
+    from ..config import ConfigError
+
+    clash = [c for c in columns if c in df.columns]
+    if clash:
+        raise ConfigError(f"--input {args.input} already has the column(s) {', '.join(clash)} that the output adds "
+                          f"(is it an output file?); rename or drop them first")
+    for name, values in columns.items():
+        df[name] = values
+    return df
+
+
+def _write_table(df, out: Path) -> None:
+    """``df`` as the format ``out``'s extension names, written atomically (a full disk leaves no partial file)."""
+    from ..train.fsutil import write_atomic
+
+    suffix = out.suffix.lower()
+    if suffix == ".csv":
+        write_atomic(out, lambda tmp: df.to_csv(tmp, index=False))
+    elif suffix == ".parquet":
+        write_atomic(out, lambda tmp: df.to_parquet(tmp, index=False))
+    else:
+        write_atomic(out, lambda tmp: df.to_json(tmp, orient="records", lines=True, force_ascii=False))
 
 
 def cmd_classify(args, extra) -> int:
@@ -164,24 +234,16 @@ def cmd_classify(args, extra) -> int:
 
     from ..infer.classify import load_classifier
 
+    out = _output_path(args, "predictions", keep_format=True) if args.input else None
     clf = load_classifier(args.model)
     names = clf.label_names
     if args.input:
-        import pandas as pd
-
-        texts = _read_inputs(args, keep_blank_lines=False)
+        df, texts = _read_table(args, keep_blank_lines=False)
         probs = clf.predict_proba(texts, batch_size=args.batch_size, progress=True)
-        out = Path(args.output or Path(args.input).with_suffix(".predictions.jsonl"))
-        df = pd.DataFrame({"text": texts, "label": [names[i] for i in probs.argmax(1)],
-                           "probability": probs.max(1).astype(float)})
+        columns = {"prediction": [names[i] for i in probs.argmax(1)], "probability": probs.max(1).astype(float)}
         for j, n in enumerate(names):
-            df[f"p_{n}"] = probs[:, j].astype(float)
-        if out.suffix == ".csv":
-            df.to_csv(out, index=False)
-        elif out.suffix == ".parquet":
-            df.to_parquet(out, index=False)
-        else:
-            df.to_json(out, orient="records", lines=True, force_ascii=False)
+            columns[f"p_{n}"] = probs[:, j].astype(float)
+        _write_table(_add_columns(df, columns, args), out)
         counts = np.bincount(probs.argmax(1), minlength=len(names))
         print(f"wrote {len(texts):,} predictions to {out} (" + ", ".join(f"{n} {c:,}" for n, c in zip(names, counts))
               + ")")
@@ -205,6 +267,10 @@ def cmd_seq2seq(args, extra) -> int:
     from ..infer.seq2seq import DecodeConfig, load_seq2seq
 
     task = args.verb
+    if args.input and Path(args.input).suffix == ".txt" and not Path(args.input).is_file():
+        print(f"scratchlm {task}: no such file: {args.input}", file=sys.stderr)
+        return 2
+    out = _output_path(args, task, keep_format=False) if args.input else None
     loaded = load_seq2seq(args.model)
     if loaded.task != task:
         print(f"scratchlm {task}: {args.model} is a {loaded.task} model", file=sys.stderr)
@@ -215,15 +281,11 @@ def cmd_seq2seq(args, extra) -> int:
     if args.max_new_tokens:
         decode.max_new_tokens = args.max_new_tokens
     if args.input:
-        if Path(args.input).suffix == ".txt" and not Path(args.input).is_file():
-            print(f"scratchlm {task}: no such file: {args.input}", file=sys.stderr)
-            return 2
-        texts = _read_inputs(args, keep_blank_lines=True)
+        df, texts = _read_table(args, keep_blank_lines=True)
         outs = loaded.generate(texts, decode, progress=True)
-        out = Path(args.output or Path(args.input).with_suffix(f".{task}.jsonl"))
-        with open(out, "w", encoding="utf-8") as f:
-            for t, o in zip(texts, outs):
-                f.write(json.dumps({"source": t, "output": o}, ensure_ascii=False) + "\n")
+        if Path(args.input).suffix == ".txt":  # lines: the source beside its output
+            df = df.rename(columns={"text": "source"})
+        _write_table(_add_columns(df, {"output": outs}, args), out)
         print(f"wrote {len(outs):,} outputs to {out}")
         return 0
     if not args.text:

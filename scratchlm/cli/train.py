@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..config import find_recipe, load_yaml, overrides_from_args
+from ..config import ConfigError, find_recipe, load_yaml, overrides_from_args
 from ..model.kinds import SEQ2SEQ_TASKS, TASKS
 
 
@@ -19,10 +19,15 @@ def add_parsers(subparsers) -> None:
         sp.set_defaults(fn=fn, takes_overrides=True)
         return sp
 
+    overwrite_help = ("start a new run in a folder that holds one: the old run is moved aside to "
+                      "<folder>.old-<time> (without --resume or --overwrite such a folder is refused)")
     sp = recipe_verb("prepare", cmd_prepare, "clean a corpus, train the tokenizer, write token shards")
     sp.add_argument("--out", help="output folder (default <train.out_dir>/data)")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace data prepared there from a different recipe (refused by default)")
     sp = recipe_verb("pretrain", cmd_pretrain, "pretrain a decoder on a corpus (runs prepare first)")
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.out_dir")
+    sp.add_argument("--overwrite", action="store_true", help=overwrite_help)
 
     sp = recipe_verb("finetune", cmd_finetune, "fine-tune a pretrained decoder into a task model")
     sp.add_argument("task", choices=["classify", *SEQ2SEQ_TASKS], help="the task to fine-tune for")
@@ -34,12 +39,14 @@ def add_parsers(subparsers) -> None:
                     help="same architecture and tokenizer, random initial weights (the ablation)")
     sp.add_argument("--name", help="run name (folder under out_root and the name in the report)")
     sp.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    sp.add_argument("--overwrite", action="store_true", help=overwrite_help)
 
     sp = recipe_verb("baseline", cmd_baseline, "train a classical baseline on a recipe's data")
     sp.add_argument("kind", choices=["bow", "tfidf", "rnn", "lstm", "gru", "lead"],
                     help="classification: bow tfidf rnn lstm gru; translation/summarization: gru lstm lead")
     sp.add_argument("--name", help="run name (default: the kind)")
     sp.add_argument("--resume", action="store_true")
+    sp.add_argument("--overwrite", action="store_true", help=overwrite_help)
 
     add_distill_parser(subparsers)
 
@@ -50,6 +57,7 @@ def add_parsers(subparsers) -> None:
                     help="wall-clock budget of each neural sentiment classifier")
     sp.add_argument("--sentiment-examples", type=int, default=2000, help="IMDb training reviews for the classifiers")
     sp.add_argument("--data-dir", default=None)
+    sp.add_argument("--overwrite", action="store_true", help=overwrite_help)
     sp.set_defaults(fn=cmd_quickstart, takes_overrides=True)
 
 
@@ -66,15 +74,21 @@ def add_distill_parser(subparsers) -> None:
     sp.add_argument("--name", help="run name (folder under the recipe's out_root, name in the report)")
     sp.add_argument("--data-dir", help="folder with the named datasets (default $SCRATCHLM_DATA_DIR)")
     sp.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="start a new run in a folder that holds one (the old run is moved aside first)")
     sp.set_defaults(fn=cmd_distill, takes_overrides=True)
 
 
 def _apply_flags(cfg, args):
-    """``--data-dir`` and ``--resume`` over the recipe."""
+    """``--data-dir``, ``--resume`` and ``--overwrite`` over the recipe."""
     if getattr(args, "data_dir", None):
         cfg.data.data_dir = args.data_dir
     if getattr(args, "resume", False):
         cfg.train.resume = True
+    if getattr(args, "overwrite", False):
+        if cfg.train.resume:
+            raise ConfigError("--resume continues the run in the folder and --overwrite replaces it: choose one")
+        cfg.train.overwrite = True
     return cfg
 
 
@@ -86,12 +100,36 @@ def cmd_prepare(args, extra) -> int:
     from ..data.prepare import prepare
     from ..stages.pretrain import build_config
 
-    cfg = _apply_flags(build_config(find_recipe(args.config), overrides_from_args(extra)), args)
+    cfg = build_config(find_recipe(args.config), overrides_from_args(extra))
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
     out = Path(args.out or Path(cfg.train.out_dir) / "data")
+    _check_prepare_target(cfg, out, args.overwrite)
     data = prepare(cfg.data, out)
     print(f"prepared {data.folder}: train {len(data.train.tokens):,} tokens, "
           f"validation {len(data.val.tokens) if data.val is not None else 0:,} tokens")
     return 0
+
+
+def _check_prepare_target(cfg, out: Path, overwrite: bool) -> None:
+    """``prepare`` reuses a folder prepared from the same data section; one prepared from another is replaced
+    only with --overwrite (a run's checkpoints were trained on the tokens there)."""
+    import json
+
+    from ..data.prepare import _fingerprint
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a folder; choose a folder for the prepared data (--out)")
+    stamp = out / "prepare.json"
+    if not stamp.is_file() or overwrite:
+        return
+    try:
+        same = json.loads(stamp.read_text("utf-8")).get("fingerprint") == _fingerprint(cfg.data)
+    except (ValueError, OSError):
+        same = False
+    if not same:
+        raise ConfigError(f"{out} holds data prepared from a different data section (see {stamp}); runs there were "
+                          f"trained on it. Choose another folder (--out), or pass --overwrite to replace it")
 
 
 def cmd_pretrain(args, extra) -> int:
@@ -101,7 +139,13 @@ def cmd_pretrain(args, extra) -> int:
     report = run(cfg)
     if report.get("model_dir") and os.environ.get("RANK", "0") == "0":
         print(f"model: {report['model_dir']}\nreport: {Path(cfg.train.out_dir) / 'report.json'}")
-    return 0
+    return _exit_code(report)
+
+
+def _exit_code(report: dict) -> int:
+    """0 when the run finished; 128 + the signal (143 for SIGTERM, 130 for SIGINT) when a signal stopped it
+    after saving, so a script can tell "done" from "continue with --resume"."""
+    return 128 + int(report["stop_signal"]) if report.get("stop_signal") else 0
 
 
 def _is_seq2seq_recipe(args) -> bool:
@@ -116,8 +160,9 @@ def _run_classify(args, extra, defaults: dict) -> int:
     from ..stages import classify
 
     cfg = classify.build_config(find_recipe(args.config), overrides_from_args(extra), defaults=defaults)
-    _print_outputs(classify.run(_apply_flags(cfg, args)))
-    return 0
+    report = classify.run(_apply_flags(cfg, args))
+    _print_outputs(report)
+    return _exit_code(report)
 
 
 def _run_seq2seq(args, extra, defaults: dict) -> int:
@@ -128,7 +173,7 @@ def _run_seq2seq(args, extra, defaults: dict) -> int:
     print(f"report: {cfg.out_dir / 'report.json'}")
     if "model_dir" in report:
         print(f"model: {report['model_dir']}")
-    return 0
+    return _exit_code(report)
 
 
 def cmd_finetune(args, extra) -> int:
@@ -176,14 +221,19 @@ def cmd_distill(args, extra=()) -> int:
         overrides.append(f"data.data_dir={args.data_dir}")
     if args.resume:
         overrides.append("train.resume=true")
+    if args.overwrite:
+        if args.resume:
+            raise ConfigError("--resume continues the run in the folder and --overwrite replaces it: choose one")
+        overrides.append("train.overwrite=true")
     report = run(build_config(find_recipe(args.config), overrides, defaults))
     if report.get("model_dir"):
         _print_outputs(report)
-    return 0
+    return _exit_code(report)
 
 
 def cmd_quickstart(args, extra) -> int:
     from ..stages.quickstart import run
 
     return run(out_dir=args.out, minutes=args.minutes, data_dir=args.data_dir, extra=overrides_from_args(extra),
-               sentiment_minutes=args.sentiment_minutes, sentiment_examples=args.sentiment_examples)
+               sentiment_minutes=args.sentiment_minutes, sentiment_examples=args.sentiment_examples,
+               overwrite=args.overwrite)

@@ -98,6 +98,10 @@ class Seq2SeqDataConfig:
     max_test_examples: int | None = None
     data_dir: str | None = None
     seed: int = 1337
+    # personal data in sources, targets and references (e-mail addresses, phone numbers, ... in AESLC's e-mails)
+    # becomes typed placeholders (<email>, <phone>, ...) as in pretraining and classification data; applied after
+    # the split, so the split is the same either way. false: keep the text as it is
+    redact_pii: bool = True
 
     def validate(self) -> None:
         if bool(self.src_file) != bool(self.tgt_file):
@@ -171,6 +175,7 @@ class ParallelData:
     target_column: str
     dropped: dict[str, dict[str, int]]  # split -> reason (empty, duplicate, source_too_long, ...) -> pairs
     removed_overlap: dict[str, int]  # split read -> pairs removed because they share a side with a test pair
+    redactions: dict[str, int] = field(default_factory=dict)  # PII kind -> spans replaced (all splits)
 
     @property
     def is_translation(self) -> bool:
@@ -185,6 +190,9 @@ class ParallelData:
         removed = ", ".join(f"{k} {v:,}" for k, v in self.removed_overlap.items() if v)
         if removed:
             parts.append(f"removed as sharing a side with a test pair: {removed}")
+        redacted = ", ".join(f"{k} {v:,}" for k, v in sorted(self.redactions.items()) if v)
+        if redacted:
+            parts.append(f"personal data redacted: {redacted}")
         return f"{self.src_lang}->{self.tgt_lang}; " + "; ".join(parts)
 
 
@@ -493,5 +501,33 @@ def load_parallel(cfg: Seq2SeqDataConfig) -> ParallelData:
     train = _subsample(train, cfg.max_train_examples, cfg.seed + 2)
     val = _subsample(val, cfg.max_val_examples, cfg.seed + 4)
     _nonempty(train, "training")
+    redactions: dict[str, int] = {}
+    if cfg.redact_pii:  # after the split (the same with or without it), then the guard once more: two pairs that
+        # differed only in an e-mail address or a phone number are the same pair now
+        train, val, test = (_redact(s, redactions) for s in (train, val, test))
+        test_src = {text_key(s) for s in test.sources}
+        test_tgt = {text_key(t) for t in test.targets} if guard == "both" else None
+        train, n_train = _guard(train, test_src, test_tgt)
+        val, n_val = _guard(val, test_src, test_tgt)
+        removed[train_key] = removed.get(train_key, 0) + n_train
+        val_key = val_name if val_name is not None else train_key
+        removed[val_key] = removed.get(val_key, 0) + n_val
+        _nonempty(train, "training")
     assert_no_test_overlap([train, val], test, both_sides=guard == "both")
-    return ParallelData(train, val, test, src_lang, tgt_lang, columns.source, columns.target, dropped, removed)
+    return ParallelData(train, val, test, src_lang, tgt_lang, columns.source, columns.target, dropped, removed,
+                        redactions)
+
+
+def _redact(split: ParallelSplit, counts: dict[str, int]) -> ParallelSplit:
+    """``split`` with personal data in sources, targets and references replaced by typed placeholders
+    (:func:`scratchlm.data.clean.redact_pii`); ``counts`` gains the spans replaced per kind."""
+    from .clean import redact_pii
+
+    sources = [redact_pii(t, counts) for t in split.sources]
+    targets, references = [], []
+    for target, refs in zip(split.targets, split.references):
+        new = redact_pii(target, counts)
+        targets.append(new)
+        # the usual single reference is the target itself: counted once
+        references.append([new] if refs == [target] else [redact_pii(r, counts) for r in refs])
+    return ParallelSplit(split.name, sources, targets, references, split.extra)

@@ -115,7 +115,8 @@ def _parallel_docs(cfg: DataConfig, corpus: CorpusConfig) -> tuple[list[str], li
         raise ValueError(f"corpus '{corpus.source}': column must be source, target, {spec.text_column} or "
                          f"{spec.target_column}, got {corpus.column!r}")
     src, tgt = sides[corpus.column]
-    pdata = load_parallel(Seq2SeqDataConfig(dataset=corpus.source, data_dir=cfg.data_dir))
+    # redaction is the corpus's cleaning (data.clean.redact_pii, or the corpus's own redact_pii), done below
+    pdata = load_parallel(Seq2SeqDataConfig(dataset=corpus.source, data_dir=cfg.data_dir, redact_pii=False))
 
     def docs(split) -> list[str]:
         return [*(split.sources if src else []), *(split.targets if tgt else [])]
@@ -177,6 +178,18 @@ def _tokenizer_sample(per_corpus: list[list[str]], max_bytes: int, seed: int) ->
 
 
 def prepare(cfg: DataConfig, out: str | Path, *, progress: bool = True, log=print) -> PreparedData:
+    """Prepare ``out`` (or reuse it when it was prepared from the same config). A write that fails (disk
+    full) raises an OSError naming the folder; ``prepare.json`` is written last, so nothing half-written
+    is ever reused."""
+    try:
+        return _prepare(cfg, out, progress=progress, log=log)
+    except OSError as e:
+        from ..train.fsutil import reraise_with_path
+
+        raise reraise_with_path(e, out, "prepare the data in") from e
+
+
+def _prepare(cfg: DataConfig, out: str | Path, *, progress: bool, log) -> PreparedData:
     cfg.validate()
     folder = Path(out)
     stamp = folder / "prepare.json"

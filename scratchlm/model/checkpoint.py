@@ -32,6 +32,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, incomplete, corrupted or does not match the model/tokenizer."""
 
 
+class CheckpointSaveError(CheckpointError):
+    """Writing a checkpoint failed (disk full, no permission); the previous checkpoint is untouched."""
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -159,11 +163,23 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise CheckpointError(f"could not write checkpoint {folder}: {e}; the previous checkpoint is "
-                                  f"unchanged") from e
+        if isinstance(e, (OSError, SafetensorError)):
+            raise CheckpointSaveError(f"could not write checkpoint {folder}: {_describe_write_error(e, tmp)}; "
+                                      f"the previous checkpoint is unchanged") from e
         raise
     return folder
+
+
+def _describe_write_error(e: BaseException, tmp: Path) -> str:
+    from ..train.fsutil import describe_os_error, is_disk_full
+
+    if isinstance(e, OSError):
+        return describe_os_error(e)
+    if is_disk_full(e):  # safetensors reports ENOSPC as its own error type, without the path
+        import errno
+
+        return describe_os_error(OSError(errno.ENOSPC, "No space left on device", str(tmp.parent)))
+    return str(e)
 
 
 def verify(folder: Path) -> dict:
@@ -234,8 +250,23 @@ def load_tensors(folder: Path, name: str = "model.safetensors") -> dict[str, tor
 
 def load_optimizer_state(folder: Path) -> dict:
     folder = Path(folder)
-    meta = json.loads((folder / "optimizer.json").read_text("utf-8"))
-    return _unflatten_optimizer(load_tensors(folder, "optimizer.safetensors"), meta)
+    path = folder / "optimizer.json"
+    try:
+        meta = json.loads(path.read_text("utf-8"))
+        return _unflatten_optimizer(load_tensors(folder, "optimizer.safetensors"), meta)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{e.filename or path} not found: {folder} is not a training checkpoint") from e
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {e})") from e
+
+
+def step_of(folder: Path) -> int | None:
+    """The step of a ``step_0000123`` (or ``step_0000123.old``) folder; None for other names."""
+    name = Path(folder).name
+    if not name.startswith("step_"):
+        return None
+    digits = name[5:].split(".")[0]
+    return int(digits) if digits.isdigit() else None
 
 
 def load_model_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str = "") -> None:

@@ -24,7 +24,8 @@ import torch
 
 from .. import __version__
 from ..config import ConfigError, apply_overrides, deep_merge, from_dict, load_recipe, parse_override, to_dict
-from ..train.config import TrainConfig
+from ..train.config import TrainConfig, check_epochs
+from ..train.fsutil import check_run_folder
 from ..train.trainer import Task, Trainer
 
 
@@ -85,8 +86,19 @@ def global_batch(train: TrainConfig) -> int:
 
 def set_max_steps(train: TrainConfig, epochs: float | None, units_per_epoch: float, units_per_step: int = 1) -> None:
     """``epochs`` passes over the training data (``units_per_epoch`` rows or steps) as ``train.max_steps``."""
+    check_epochs(epochs)
     if epochs is not None:
         train.max_steps = max(1, math.ceil(epochs * units_per_epoch / units_per_step))
+
+
+def guard_run_folder(train: TrainConfig, out_dir: str | Path, log=print) -> None:
+    """Before a stage writes into ``out_dir``: a folder that already holds a run (checkpoints, a model, a report)
+    is continued only with ``train.resume``, replaced only with ``train.overwrite`` (the old run is moved aside
+    first), and refused otherwise. Prepared data alone does not make a run."""
+    import os
+
+    check_run_folder(out_dir, resume=train.resume, overwrite=train.overwrite,
+                     main=os.environ.get("RANK", "0") == "0", log=log)
 
 
 def fit_and_report(train: TrainConfig, task: Task, *, run_config: dict, tokenizer, info: dict,
@@ -99,6 +111,8 @@ def fit_and_report(train: TrainConfig, task: Task, *, run_config: dict, tokenize
     info = {**info, "train_seconds": round(result.train_seconds, 1), "steps": result.step,
             "best_step": result.best_step, "stopped_because": result.stopped_because,
             "model_dir": str(result.model_dir)}
+    if result.stop_signal is not None:
+        info["stop_signal"] = result.stop_signal
     return report(info, trainer) if trainer.dist.is_main else info
 
 

@@ -57,6 +57,7 @@ from .base import (
     finetune_train,
     fit_and_report,
     global_batch,
+    guard_run_folder,
     report_header,
     set_max_steps,
     stage_recipe,
@@ -257,6 +258,7 @@ def report_classifier(cfg: ClassifyConfig, out: Path, clf: Classifier, data: Lab
 def run(cfg: ClassifyConfig, log=print) -> dict:
     """Train one classifier of the recipe (``cfg.kind``) and report it; returns report.json's content."""
     cfg.validate()
+    guard_run_folder(cfg.train, cfg.out_dir, log)
     if cfg.kind in CLASSICAL_KINDS:
         return run_classical(cfg, log)
     out = cfg.out_dir

@@ -45,7 +45,15 @@ from ..train import distributed as dist_utils
 from ..train.hardware import pick_device
 from . import classify as classify_stage
 from . import seq2seq as seq2seq_stage
-from .base import command_line, count_parameters, fit_and_report, global_batch, set_max_steps, write_json
+from .base import (
+    command_line,
+    count_parameters,
+    fit_and_report,
+    global_batch,
+    guard_run_folder,
+    set_max_steps,
+    write_json,
+)
 from .pretrain import PretrainConfig, main_process_first, quiet
 from .students import StudentPlan, plan_student, tokenizer_error
 
@@ -99,7 +107,7 @@ def _task_recipe(cls, cfg: DistillConfig, folder: Path, teacher_config: dict, de
         raise ConfigError(f"{folder}/config.json records no recipe, so the teacher's data is unknown; train the "
                           f"teacher with `scratchlm finetune` (which saves it)")
     base = json.loads(json.dumps(saved))
-    base["train"] = {**(base.get("train") or {}), "out_dir": "", "resume": False}
+    base["train"] = {**(base.get("train") or {}), "out_dir": "", "resume": False, "overwrite": False}
     base.update(defaults)
     merged = deep_merge(base, cfg.task_recipe)
     for key in forced:
@@ -191,6 +199,7 @@ def _run_classify(cfg: DistillConfig, folder: Path, teacher_config: dict, log) -
                         {"kind": "decoder"})
     out = stage_cfg.out_dir
     stage_cfg.train.out_dir = str(out)
+    guard_run_folder(stage_cfg.train, out, log)
     tok = teacher.tokenizer
     assert_not_pretrained_on(teacher_config.get("backbone") or {}, stage_cfg.data.dataset, stage_cfg.data.test_split)
     data = load_labeled(stage_cfg.data, log=log)
@@ -293,6 +302,7 @@ def _run_seq2seq(cfg: DistillConfig, folder: Path, teacher_config: dict, log) ->
                         {"kind": "decoder", "task": teacher.task})
     out = stage_cfg.out_dir
     stage_cfg.train.out_dir = str(out)
+    guard_run_folder(stage_cfg.train, out, log)
     out.mkdir(parents=True, exist_ok=True)
     data = load_parallel(stage_cfg.data)
     log(f"data: {data.summary()}")
@@ -369,7 +379,8 @@ def _run_lm(cfg: DistillConfig, folder: Path, teacher_config: dict, log) -> dict
             if k in teacher_config}
     t_out = Path((base.get("train") or {}).get("out_dir") or "runs/lm")
     name = recipe.pop("name", None) or f"{t_out.name}-distilled"
-    base["train"] = {**(base.get("train") or {}), "out_dir": str(t_out.parent / name), "resume": False}
+    base["train"] = {**(base.get("train") or {}), "out_dir": str(t_out.parent / name), "resume": False,
+                     "overwrite": False}
     merged = deep_merge(base, recipe)
     merged.setdefault("data", {})
     given = (recipe.get("data") or {}).get("tokenizer")
@@ -384,6 +395,7 @@ def _run_lm(cfg: DistillConfig, folder: Path, teacher_config: dict, log) -> dict
     merged.pop("model_preset", None)
     stage_cfg = from_dict(PretrainConfig, merged)
     out = Path(stage_cfg.train.out_dir)
+    guard_run_folder(stage_cfg.train, out, log)
     info = dist_utils.init(pick_device(stage_cfg.train.device))  # rank 0 prepares, the others wait (as pretrain)
     data = main_process_first(info, lambda main: prepare(stage_cfg.data, out / "data",
                                                          progress=stage_cfg.train.progress and main,

@@ -27,7 +27,7 @@ from ..tasks.lm import LMTask, evaluate_tokens, token_byte_lengths
 from ..train import distributed as dist_utils
 from ..train.config import TrainConfig
 from ..train.hardware import pick_device
-from .base import fit_and_report
+from .base import fit_and_report, guard_run_folder
 
 T = TypeVar("T")
 
@@ -158,6 +158,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     out = Path(cfg.train.out_dir)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 talks
         log = quiet
+    guard_run_folder(cfg.train, out, log)
     info = dist_utils.init(pick_device(cfg.train.device))
     base = continue_from(cfg, log) if cfg.init else None
     data = main_process_first(info, lambda main: _prepare_or_reuse(cfg, out / "data", log if main else quiet))

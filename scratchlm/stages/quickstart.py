@@ -15,6 +15,7 @@ from pathlib import Path
 from ..config import CONFIG_DIR
 from ..infer.generate import SamplingConfig, generate_text
 from ..model.folder import load_decoder
+from ..train.config import check_budget
 from . import classify
 from . import pretrain as pretrain_stage
 from .pretrain import quiet
@@ -25,11 +26,15 @@ PROMPTS = ["ROMEO:\n", "First Citizen:\nWe are", "KING HENRY:\nMy lords,"]
 
 
 def run(out_dir: str = "runs/quickstart", minutes: float = 4.0, data_dir: str | None = None,
-        extra: list[str] | None = None, sentiment_minutes: float = 1.0, sentiment_examples: int = 2000) -> int:
+        extra: list[str] | None = None, sentiment_minutes: float = 1.0, sentiment_examples: int = 2000,
+        overwrite: bool = False) -> int:
+    check_budget("--minutes", minutes)  # before any work: 0 or -1 minutes would train nothing
+    check_budget("--sentiment-minutes", sentiment_minutes)
+    check_budget("--sentiment-examples", sentiment_examples, integer=True)
     t0 = time.time()
     out = Path(out_dir)
     overrides = [f"train.out_dir={out}", f"train.max_time_s={minutes * 60}", "train.max_steps=100000",
-                 "train.eval_interval=200", *(extra or [])]
+                 "train.eval_interval=200", *(["train.overwrite=true"] if overwrite else []), *(extra or [])]
     cfg = pretrain_stage.build_config(CONFIG, overrides)
     if data_dir:
         cfg.data.data_dir = data_dir

@@ -39,6 +39,7 @@ from .base import (
     finetune_train,
     fit_and_report,
     global_batch,
+    guard_run_folder,
     report_header,
     set_max_steps,
     stage_recipe,
@@ -139,6 +140,7 @@ def report_seq2seq(cfg: Seq2SeqConfig, out: Path, data: ParallelData, predict, i
     refs = test.references
     report = {**report_header(cfg.task, cfg.data.dataset, cfg.name, cfg.kind),
               "direction": direction(data.src_lang, data.tgt_lang), **info, "data": data.summary(),
+              "pii_redactions": dict(data.redactions),
               "test_split": test.name, "test_examples": len(test), "test": {}}
     preds = {}
     for mode, beams in (("greedy", 1), ("beam", cfg.decode.num_beams)):
@@ -199,6 +201,7 @@ def run(cfg: Seq2SeqConfig, log=print) -> dict:
     """Train one model of the recipe (``cfg.kind``), decode the test set, score it; returns report.json."""
     cfg.validate()
     out = cfg.out_dir
+    guard_run_folder(cfg.train, out, log)
     out.mkdir(parents=True, exist_ok=True)
     data = load_parallel(cfg.data)
     log(f"data: {data.summary()}")

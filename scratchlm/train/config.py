@@ -70,6 +70,9 @@ class TrainConfig:
     best_metric: str = "val_loss"
     best_mode: Literal["min", "max"] = "min"
     resume: bool = False  # continue from out_dir/checkpoints/last when it exists
+    # start a new run in an out_dir that holds one: the old run is moved aside to <out_dir>.old-<time> first
+    # (without it, or resume, such a folder is refused: two runs never mix in one folder)
+    overwrite: bool = False
     max_bad_steps: int = 3  # consecutive non-finite losses before stopping with an error
     progress: bool = True
     tensorboard: bool = True

@@ -13,8 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +37,9 @@ from .optim import build_optimizer, lr_at
 
 class TrainingDivergedError(RuntimeError):
     """Raised after ``max_bad_steps`` consecutive non-finite losses or gradients."""
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Task(Protocol):
@@ -66,6 +72,7 @@ class TrainResult:
     last_eval: dict[str, float] = field(default_factory=dict)
     stopped_because: str = "max_steps"
     train_seconds: float = 0.0
+    stop_signal: int | None = None  # the signal that stopped the run (stopped_because "signal")
 
 
 def _rng_state() -> dict:
@@ -131,6 +138,7 @@ class Trainer:
         self._calib: list[float] = []
         self._refit_from: tuple[int, float] | None = None  # (step, elapsed) the horizon was last fitted at
         self._saved_step: int | None = None
+        self.stop_signal: int | None = None  # set by SIGTERM/SIGINT: stop at the next optimizer-step boundary
 
     # ---- setup -------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -167,10 +175,15 @@ class Trainer:
         try:
             folder = ckpt.resolve(self.ckpt_dir)
         except ckpt.CheckpointError:
-            self._print(f"resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
-            return
-        ckpt.verify(folder)
-        state = json.loads((folder / "trainer_state.json").read_text("utf-8"))
+            # LATEST names a folder that is gone or incomplete: that is a damaged run, not an empty one
+            name = ckpt.read_pointer(self.ckpt_dir, ckpt.LATEST) if self.ckpt_dir.is_dir() else None
+            steps = [p for p in self.ckpt_dir.glob("step_*") if p.is_dir() and ckpt.step_of(p) is not None] \
+                if self.ckpt_dir.is_dir() else []
+            if not name and not steps:
+                self._print(f"resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
+                return
+            folder = self.ckpt_dir / name if name else max(steps, key=lambda p: ckpt.step_of(p) or 0)
+        folder, state, tensors, opt_state = self._newest_good_checkpoint(folder)
         saved = ckpt.read_config(folder)
         saved_model, current_model = saved.get("model"), self.run_config.get("model")
         if saved_model is not None and current_model is not None and saved_model != current_model:
@@ -180,7 +193,7 @@ class Trainer:
             if key in saved and key in self.run_config and saved[key] != self.run_config[key]:
                 raise ckpt.CheckpointError(f"cannot resume from {folder}: its {key} {saved[key]!r} differs from "
                                            f"this run's {self.run_config[key]!r}")
-        self._load_model_and_optimizer(folder)
+        self._load_model_and_optimizer(folder, tensors, opt_state)
         self.step = state["step"]
         self.best_metric, self.best_step = state.get("best_metric"), state.get("best_step")
         self.evals_without_improvement = state.get("evals_without_improvement", 0)
@@ -196,9 +209,53 @@ class Trainer:
             seed_everything(self.cfg.seed + self.dist.rank + 1000003 * self.step)
         self._print(f"resumed from {folder} at step {self.step}")
 
-    def _load_model_and_optimizer(self, folder: Path) -> None:
-        tensors = ckpt.load_tensors(folder)
-        opt_state = ckpt.load_optimizer_state(folder)
+    def _newest_good_checkpoint(self, first: Path) -> tuple[Path, dict, dict, dict]:
+        """``first`` (what LATEST names) when it verifies and loads, else the newest older checkpoint that does
+        (said aloud, and LATEST/BEST are pointed back at good folders); an error when none does."""
+        first_step = ckpt.step_of(first)
+        older = [p for p in self.ckpt_dir.glob("step_*") if p.is_dir() and p != first and ckpt.step_of(p) is not None
+                 and (first_step is None or ckpt.step_of(p) < first_step) and p.name != first.name + ".old"]
+        # for one step, the folder itself before its ".old" sibling (left by a kill between two renames)
+        older.sort(key=lambda p: (ckpt.step_of(p), not p.name.endswith(".old")), reverse=True)
+        problems: list[tuple[Path, Exception]] = []
+        for folder in [first, *older]:
+            try:
+                ckpt.verify(folder)
+                state = json.loads((folder / "trainer_state.json").read_text("utf-8"))
+                if not isinstance(state, dict) or "step" not in state:
+                    raise ckpt.CheckpointError(f"{folder / 'trainer_state.json'} has no step")
+                tensors = ckpt.load_tensors(folder)
+                opt_state = ckpt.load_optimizer_state(folder)
+            except (ckpt.CheckpointError, OSError, ValueError) as e:
+                problems.append((folder, e))
+                continue
+            if problems:
+                bad = "; ".join(f"{p.name}: {e}" for p, e in problems)
+                self._print(f"resume: checkpoint {first} is damaged ({bad}); falling back to {folder.name}, the "
+                            f"newest checkpoint that verifies (the damaged folder is left as it is)")
+                if self.dist.is_main and folder.parent == self.ckpt_dir:
+                    self._point_back(folder, state)
+            return folder, state, tensors, opt_state
+        first_error = problems[0][1]
+        others = "; ".join(f"{q.name}: {x}" for q, x in problems[1:])
+        raise ckpt.CheckpointError(f"cannot resume: {first_error}" + (
+            f" (and no older checkpoint in {self.ckpt_dir} verifies either: {others})" if others else
+            f" (no older checkpoint in {self.ckpt_dir} to fall back to)"))
+
+    def _point_back(self, folder: Path, state: dict) -> None:
+        """After a fallback to ``folder``: LATEST names it, and BEST no longer names a newer (damaged) folder."""
+        name = folder.name
+        if name.endswith(".old"):
+            return
+        ckpt.set_pointer(self.ckpt_dir, ckpt.LATEST, name)
+        best = ckpt.read_pointer(self.ckpt_dir, ckpt.BEST)
+        if best is not None and (ckpt.step_of(Path(best)) or 0) > (ckpt.step_of(folder) or 0):
+            best_step = state.get("best_step")
+            candidate = f"step_{best_step:07d}" if isinstance(best_step, int) else None
+            ok = candidate is not None and (self.ckpt_dir / candidate / ckpt.MANIFEST).exists()
+            ckpt.set_pointer(self.ckpt_dir, ckpt.BEST, candidate if ok else name)
+
+    def _load_model_and_optimizer(self, folder: Path, tensors: dict, opt_state: dict) -> None:
         if self.is_fsdp:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -213,8 +270,38 @@ class Trainer:
             ckpt.load_model_weights(self.task.model, tensors, str(folder))
             self.optimizer.load_state_dict(opt_state)
 
+    # ---- signals -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGTERM/SIGINT: finish the optimizer step, save, report and stop (``stopped_because: signal``); a
+        second signal exits at once (checkpoint writes are atomic, so that is safe too)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.stop_signal is not None:
+                self._print(f"{signal.Signals(signum).name} again: exiting now")
+                os._exit(128 + signum)
+            self.stop_signal = signum
+            self._print(f"{signal.Signals(signum).name}: stopping after this optimizer step (a checkpoint is "
+                        f"saved; continue with --resume). Send it again to exit at once.")
+
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        for s in STOP_SIGNALS:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
+
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        with self._stop_on_signals():
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         cfg = self.cfg
         self._build()
         self._maybe_resume()
@@ -280,8 +367,17 @@ class Trainer:
             stop_early = False
             if cfg.eval_interval and (self.step % cfg.eval_interval == 0 or last):
                 stop_early = self._evaluate(logger)
-            if self.step % cfg.save_interval == 0 or last or stop_early:
+            # a signal stops at this step boundary; the checkpoint is what an uninterrupted run holds here (no
+            # extra evaluation), so --resume continues bit-identically
+            signalled = dist_utils.broadcast_flag(self.stop_signal is not None, self.dist, self.device)
+            if self.step % cfg.save_interval == 0 or last or stop_early or signalled:
                 self._save()
+            if signalled and not last and not stop_early:
+                stopped = "signal"
+                self._print(f"stopped by {signal.Signals(self.stop_signal or signal.SIGTERM).name} at step "
+                            f"{self.step}; checkpoint {self.ckpt_dir / f'step_{self.step:07d}'} saved, continue "
+                            f"with --resume")
+                break
             if out_of_time:
                 stopped = "max_time_s"
                 break
@@ -290,7 +386,7 @@ class Trainer:
                 break
         if bar is not None:
             bar.close()
-        if not self.last_eval or self.last_eval.get("step") != self.step:
+        if stopped != "signal" and (not self.last_eval or self.last_eval.get("step") != self.step):
             if cfg.eval_interval:
                 self._evaluate(logger)
             self._save()
@@ -299,7 +395,8 @@ class Trainer:
         dist_utils.barrier(self.dist)
         return TrainResult(step=self.step, out_dir=self.out_dir, model_dir=model_dir,
                            best_metric=self.best_metric, best_step=self.best_step, last_eval=self.last_eval,
-                           stopped_because=stopped, train_seconds=self.elapsed)
+                           stopped_because=stopped, train_seconds=self.elapsed,
+                           stop_signal=self.stop_signal if stopped == "signal" else None)
 
     def _fit_horizon(self, dt: float) -> None:
         """With a time budget and no explicit decay_steps, time a few steps (after the first, which
@@ -421,11 +518,24 @@ class Trainer:
                      "evals_without_improvement": self.evals_without_improvement, "horizon": self.horizon,
                      "last_eval": self.last_eval, "world_size": self.dist.world_size, "rng": rngs,
                      "data_position": {"step": self.step, "seed": self.cfg.seed}}
-            ckpt.save_checkpoint(self.ckpt_dir / folder_name, model_tensors=model_sd, config=self.run_config,
-                                 tokenizer=self.tokenizer, optimizer_state=opt_sd, trainer_state=state)
-            ckpt.set_pointer(self.ckpt_dir, ckpt.LATEST, folder_name)
-            if best:
-                ckpt.set_pointer(self.ckpt_dir, ckpt.BEST, folder_name)
+            try:
+                ckpt.save_checkpoint(self.ckpt_dir / folder_name, model_tensors=model_sd, config=self.run_config,
+                                     tokenizer=self.tokenizer, optimizer_state=opt_sd, trainer_state=state)
+                ckpt.set_pointer(self.ckpt_dir, ckpt.LATEST, folder_name)
+                if best:
+                    ckpt.set_pointer(self.ckpt_dir, ckpt.BEST, folder_name)
+            except (ckpt.CheckpointSaveError, OSError) as e:
+                # stop cleanly: the previous checkpoint is intact and LATEST still names it
+                kept = ckpt.read_pointer(self.ckpt_dir, ckpt.LATEST)
+                if isinstance(e, OSError):
+                    from .fsutil import describe_os_error
+
+                    e = ckpt.CheckpointSaveError(f"could not write checkpoint {self.ckpt_dir / folder_name}: "
+                                                 f"{describe_os_error(e)}; the previous checkpoint is unchanged")
+                raise ckpt.CheckpointSaveError(
+                    f"{e}. Training stopped at step {self.step}: "
+                    + (f"the last good checkpoint is {self.ckpt_dir / kept}; once the problem is fixed, continue "
+                       f"from it with --resume" if kept else "no checkpoint was saved yet") ) from e
             ckpt.prune(self.ckpt_dir, self.cfg.keep_last)
         self._saved_step = self.step
         dist_utils.barrier(self.dist)
