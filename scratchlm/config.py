@@ -62,7 +62,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping for section {tp.__name__}, got {value!r}")
         return from_dict(tp, value, prefix=where)
     if origin in (list, tuple):
-        if isinstance(value, str):
+        if isinstance(value, str) and value.strip().startswith("["):  # a YAML/JSON list: "[]", "[a, b]"
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{where}: expected a list, got {value!r} ({e})") from e
+        elif isinstance(value, str):
             value = [v for v in (s.strip() for s in value.split(",")) if v] if value.strip() else []
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")

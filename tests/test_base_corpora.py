@@ -91,3 +91,14 @@ def test_matmul_peak_cache_keeps_the_best_measurement(tmp_path, monkeypatch):
     cache.write_text(json.dumps({key: 1.0}))  # a measurement taken under contention
     assert hardware.measure_matmul_peak(torch.device("cpu"), torch.float32, n=64, seconds=0.05) > 1.0
     assert json.loads(cache.read_text())[key] > 1.0
+
+
+def test_a_list_override_in_brackets_is_a_list():
+    """`--final_eval '[]'` meant no final evaluation, and was read as one text named '[]'."""
+    from scratchlm.stages.pretrain import build_config
+
+    assert build_config(None, ["final_eval=[]"]).final_eval == []
+    assert build_config(None, ["final_eval=[wikitext2:test, imdb:train]"]).final_eval == ["wikitext2:test",
+                                                                                            "imdb:train"]
+    assert build_config(None, ["final_eval=wikitext2:test,imdb:train"]).final_eval == ["wikitext2:test",
+                                                                                         "imdb:train"]
