@@ -348,7 +348,7 @@ class Trainer:
                 window_loss += loss
                 window_n += 1
             if bar is not None:
-                bar.update(1)
+                bar.update(max(0.0, min(dt, bar.total - bar.n)) if self.time_bar else 1)
             if window_n and (self.step % cfg.log_interval == 0 or self.step == cfg.max_steps):
                 tps = window_tokens / max(window_time, 1e-9)
                 row = {"loss": window_loss / window_n, "lr": lr_at(self.step - 1, cfg, self.horizon),
@@ -358,8 +358,8 @@ class Trainer:
                     row["mfu"] = self.flops_per_token * tps / (peak * self.dist.world_size)
                 logger.log(self.step, row)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tps:,.0f}",
-                                    **({"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {}))
+                    bar.set_postfix(**({"step": self.step} if self.time_bar else {}), loss=f"{row['loss']:.4f}",
+                                    tok_s=f"{tps:,.0f}", **({"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {}))
                 window_tokens, window_time, window_loss, window_n = 0, 0.0, 0.0, 0
             out_of_time = cfg.max_time_s is not None and self.elapsed >= cfg.max_time_s
             out_of_time = dist_utils.broadcast_flag(out_of_time, self.dist, self.device)
@@ -566,7 +566,16 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
+        if self.time_bar:  # the budget, not a step total the run will never reach, sets the total and the ETA
+            return tqdm(total=round(self.cfg.max_time_s), initial=round(self.elapsed), desc="train (time budget)",
+                        unit="s", dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+                        "{n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
         return tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+    @property
+    def time_bar(self) -> bool:
+        """A run bounded by ``max_time_s`` counts seconds of its budget; a run bounded by steps, steps."""
+        return self.cfg.max_time_s is not None
 
     def _print(self, msg: str) -> None:
         if self.dist.is_main:
