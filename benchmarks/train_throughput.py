@@ -99,6 +99,18 @@ def _run_nanogpt(args, bf16_compile: bool):
     return step, model.flops_per_token(), dtype, model.num_params(non_embedding=False), bf16_compile
 
 
+def _profile(step, steps: int) -> list[dict]:
+    """Where an optimizer step's CPU time goes: the top operators by self time over ``steps`` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows) or 1
+    return [{"op": e.key, "share": round(e.self_cpu_time_total / total, 4), "calls": e.count} for e in rows[:15]]
+
+
 def run_variant(args) -> dict:
     import torch
 
@@ -126,6 +138,7 @@ def run_variant(args) -> dict:
         times.append(time.perf_counter() - t)
     times.sort()
     median = times[len(times) // 2]
+    profile = _profile(step, args.profile) if args.profile else None
     tokens = args.batch_size * args.block_size
     peak = measure_matmul_peak(torch.device("cpu"), dtype)
     # also against the fp32 peak: on a CPU with bf16 matmuls the bf16 run can pass 100% of it
@@ -137,7 +150,7 @@ def run_variant(args) -> dict:
             "fp32_peak_gflops": round(peak_fp32 / 1e9, 1), "compute_dtype": str(dtype).replace("torch.", ""),
             "compile": bool(compiled), "params": nparams, "flops_per_token": fpt,
             "warmup_s": round(warm, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), **({"profile": profile} if profile else {})}
 
 
 def main() -> None:
@@ -157,6 +170,7 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     p.add_argument("--force-bf16", action="store_true", help="run bf16 variants even without bf16 hardware")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--profile", type=int, default=0, help="profile this many extra steps; print the top operators")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.variant:  # child process
@@ -206,6 +220,11 @@ def main() -> None:
                   f"{r['peak_rss_mb']:>9,.0f}")
         else:
             print(f"{r['variant']:<22} {r.get('skipped') or r.get('error')}")
+    for r in results:
+        if r.get("profile"):
+            print(f"\n{r['variant']}: share of CPU self time by operator ({args.profile} steps)")
+            for row in r["profile"]:
+                print(f"  {row['share']:6.1%}  {row['calls']:>6}  {row['op']}")
 
 
 if __name__ == "__main__":
