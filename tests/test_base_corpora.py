@@ -102,3 +102,16 @@ def test_a_list_override_in_brackets_is_a_list():
                                                                                             "imdb:train"]
     assert build_config(None, ["final_eval=wikitext2:test,imdb:train"]).final_eval == ["wikitext2:test",
                                                                                          "imdb:train"]
+
+
+def test_scoring_pass_shows_progress_and_reports_its_throughput(capsys):
+    from scratchlm.model.transformer import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=16, block_size=16)).eval()
+    tokens = np.random.default_rng(0).integers(0, 64, 500).astype(np.uint16)
+    quiet = evaluate_tokens(model, tokens)
+    shown = evaluate_tokens(model, tokens, progress="score test")
+    assert "score test" in capsys.readouterr().err
+    assert shown["val_loss"] == quiet["val_loss"] and "tokens_per_s" not in quiet
+    assert shown["tokens_per_s"] > 0 and shown["forward_gflops_per_s"] > 0

@@ -146,8 +146,14 @@ def _evaluate_lm(args) -> int:
     source, _, split = args.data.partition(":")
     texts = load_texts(source, split or "validation", args.column, data_dir=args.data_dir, dropna=True)
     ids = [t for ids in tok.encode_batch(texts, eos=True) for t in ids]
-    metrics = evaluate_tokens(loaded.model, np.asarray(ids, dtype=np.int64), torch.as_tensor(token_byte_lengths(tok)))
+    metrics = evaluate_tokens(loaded.model, np.asarray(ids, dtype=np.int64), torch.as_tensor(token_byte_lengths(tok)),
+                              progress=False if args.json else f"score {args.data}")
     metrics = {"data": args.data, "tokens": len(ids), **metrics}
+    if "forward_gflops_per_s" in metrics:
+        from ..train.hardware import measure_matmul_peak
+
+        peak = measure_matmul_peak(torch.device("cpu"), torch.float32)
+        metrics["mfu"] = metrics["forward_gflops_per_s"] * 1e9 / peak
     print(json.dumps(metrics, indent=2) if args.json else
           "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
     return 0

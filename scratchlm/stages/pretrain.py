@@ -106,7 +106,7 @@ def main_process_first(info: dist_utils.DistInfo, make: Callable[[bool], T]) -> 
 
 
 def _final_eval(model: Transformer, tokenizer, names: list[str], data_dir, folder: Path, log,
-                max_tokens: int | None = None) -> dict:
+                max_tokens: int | None = None, progress: bool = False) -> dict:
     """Bits-per-byte on named held-out texts (each split encoded once, evaluated in full)."""
     results = {}
     lengths = torch.as_tensor(token_byte_lengths(tokenizer))
@@ -122,7 +122,8 @@ def _final_eval(model: Transformer, tokenizer, names: list[str], data_dir, folde
         del shard
         tokens = np.fromfile(folder / f"eval_{source}_{split}.bin",
                              dtype=np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32)
-        results[item] = evaluate_tokens(model, tokens, lengths, max_tokens=max_tokens)
+        results[item] = evaluate_tokens(model, tokens, lengths, max_tokens=max_tokens,
+                                        progress=progress and f"score {item}")
     return results
 
 
@@ -181,10 +182,12 @@ def run(cfg: PretrainConfig, log=print) -> dict:
 
     def report(info: dict, trainer) -> dict:
         best = load_decoder(info["model_dir"]).model
+        progress = cfg.train.progress and trainer.dist.is_main
         per_corpus = {name: evaluate_tokens(best, np.asarray(shard.tokens), torch.as_tensor(task.token_bytes),
-                                            max_tokens=cfg.final_eval_max_tokens)
+                                            max_tokens=cfg.final_eval_max_tokens, progress=progress and f"score {name}")
                       for name, shard in data.val_by_corpus.items()}
-        final = _final_eval(best, tok, cfg.final_eval, cfg.data.data_dir, out / "data", log, cfg.final_eval_max_tokens)
+        final = _final_eval(best, tok, cfg.final_eval, cfg.data.data_dir, out / "data", log, cfg.final_eval_max_tokens,
+                            progress)
         result = {**info, "tokens_seen": trainer.tokens_seen, "last_eval": trainer.last_eval,
                   "validation_by_corpus": per_corpus, "final_eval": final, "wall_seconds": round(time.time() - t0, 1)}
         (out / "report.json").write_text(json.dumps(result, indent=2) + "\n", "utf-8")

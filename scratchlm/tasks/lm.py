@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -113,10 +114,18 @@ class LMTask:
 
 
 @torch.no_grad()
-def evaluate_windows(model, tokens, starts, block_size, token_bytes=None, batch_size=16) -> dict[str, float]:
+def evaluate_windows(model, tokens, starts, block_size, token_bytes=None, batch_size=16,
+                     progress: bool | str = False) -> dict[str, float]:
     """Loss (nats/token), perplexity and bits-per-byte over non-overlapping windows."""
     device = next(model.parameters()).device
     total_loss, total_tokens, total_bytes, total_loss_text = 0.0, 0, 0, 0.0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(starts) * block_size, desc=progress if isinstance(progress, str) else "score",
+                   unit="tok", unit_scale=True, dynamic_ncols=True)
+    t0 = time.perf_counter()
     for i in range(0, len(starts), batch_size):
         rows = np.stack([np.asarray(tokens[s:s + block_size + 1], dtype=np.int64) for s in starts[i:i + batch_size]])
         data = torch.from_numpy(rows).to(device)
@@ -130,14 +139,25 @@ def evaluate_windows(model, tokens, starts, block_size, token_bytes=None, batch_
             nb = token_bytes.to(device)[targets.reshape(-1)]
             total_bytes += int(nb.sum().item())
             total_loss_text += loss[nb > 0].sum().item()  # special tokens carry no bytes: excluded (as nanochat)
+        if bar is not None:
+            bar.update(targets.numel())
+    seconds = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
     out = {"val_loss": total_loss / total_tokens, "val_ppl": math.exp(min(total_loss / total_tokens, 50))}
+    if progress:  # throughput of the pass, for the caller to print (not a metric of the model)
+        out["tokens_per_s"] = total_tokens / max(seconds, 1e-9)
+        if hasattr(model, "flops_per_token"):  # forward only: a third of the training FLOPs
+            out["forward_gflops_per_s"] = model.flops_per_token(block_size) / 3 * out["tokens_per_s"] / 1e9
     if token_bytes is not None and total_bytes:
         out["val_bpb"] = total_loss_text / (math.log(2) * total_bytes)
     return out
 
 
-def evaluate_tokens(model, tokens: np.ndarray, token_bytes=None, max_tokens: int | None = None) -> dict[str, float]:
-    """Score ``tokens`` in non-overlapping windows; ``max_tokens`` caps the windows, evenly spaced."""
+def evaluate_tokens(model, tokens: np.ndarray, token_bytes=None, max_tokens: int | None = None,
+                    progress: bool | str = False) -> dict[str, float]:
+    """Score ``tokens`` in non-overlapping windows; ``max_tokens`` caps the windows, evenly spaced.
+    ``progress`` (True or a label) shows a bar and adds the pass's tokens/s and forward GFLOP/s."""
     block = model.cfg.block_size
     if len(tokens) < 2:
         raise ValueError("need at least 2 tokens to evaluate")
@@ -146,6 +166,6 @@ def evaluate_tokens(model, tokens: np.ndarray, token_bytes=None, max_tokens: int
     n = (len(tokens) - 1) // block
     if max_tokens is not None and max_tokens // block < n:
         return evaluate_windows(model, tokens, np.linspace(0, n - 1, max(1, max_tokens // block)).astype(np.int64)
-                                * block, block, token_bytes)
+                                * block, block, token_bytes, progress=progress)
     starts = np.arange(n) * block
-    return evaluate_windows(model, tokens, starts, block, token_bytes)
+    return evaluate_windows(model, tokens, starts, block, token_bytes, progress=progress)
