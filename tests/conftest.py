@@ -235,3 +235,37 @@ def classify_overrides(out_root, init, csv) -> list[str]:
             "train.save_interval=10", "train.progress=false", "train.tensorboard=false", "train.device=cpu",
             "train.precision=fp32", "train.threads=1", "train.early_stopping_patience=0", "head_dropout=0.0"]
 
+
+# ---- the HTTP server tests (test_serve, test_serve_hardening): a module's `models` fixture, served
+
+def serve_settings(**kw):
+    """Server settings sized for the tiny test models; ``kw`` overrides any field."""
+    from scratchlm.serve.settings import ServeSettings
+
+    base = dict(max_batch_size=8, max_queue=16, request_timeout_s=60, max_items=16, max_tokens_limit=2000,
+                max_input_chars=5000, max_body_bytes=64 * 1024, default_max_tokens=16)
+    return ServeSettings(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def server_settings():
+    return serve_settings()
+
+
+@pytest.fixture(scope="module")
+def server(models, server_settings):
+    """A real uvicorn server on loopback serving the requesting module's ``models`` fixture."""
+    from serve_utils import ThreadServer
+
+    from scratchlm.serve.app import create_app
+
+    with ThreadServer(create_app(models, server_settings)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c

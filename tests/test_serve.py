@@ -20,7 +20,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, serve_settings  # noqa: E402
 from serve_utils import (  # noqa: E402
     ThreadServer,
     free_port,
@@ -32,7 +32,6 @@ from serve_utils import (  # noqa: E402
 import scratchlm  # noqa: E402
 from scratchlm.serve.app import STATIC, create_app  # noqa: E402
 from scratchlm.serve.server import ServeError, load_models, parse_model_specs  # noqa: E402
-from scratchlm.serve.settings import ServeSettings  # noqa: E402
 
 LONG = {"model": "long", "prompt": "ROMEO:", "max_tokens": 1500, "temperature": 0}  # greedy: never hits <|eos|>
 
@@ -48,22 +47,7 @@ def models(folders):
     return {name: scratchlm.load(path, name=name) for name, path in folders.items()}
 
 
-def settings(**kw) -> ServeSettings:
-    base = dict(max_batch_size=8, max_queue=16, request_timeout_s=60, max_items=16, max_tokens_limit=2000,
-                max_input_chars=5000, max_body_bytes=64 * 1024, default_max_tokens=16)
-    return ServeSettings(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def server(models):
-    with ThreadServer(create_app(models, settings())) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
+settings = serve_settings
 
 
 @pytest.fixture(scope="module")

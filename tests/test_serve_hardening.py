@@ -20,6 +20,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
+from conftest import serve_settings  # noqa: E402
 from serve_utils import ThreadServer, metric, wait_for  # noqa: E402
 
 import scratchlm  # noqa: E402
@@ -34,21 +35,12 @@ def models(task_folders):
 
 
 def settings(**kw) -> ServeSettings:
-    base = dict(max_batch_size=8, max_queue=16, request_timeout_s=60, max_items=16, max_tokens_limit=2000,
-                max_input_chars=5000, max_body_bytes=64 * 1024, default_max_tokens=8)
-    return ServeSettings(**{**base, **kw})
+    return serve_settings(**{"default_max_tokens": 8, **kw})
 
 
 @pytest.fixture(scope="module")
-def server(models):
-    with ThreadServer(create_app(models, settings())) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
+def server_settings():
+    return settings()
 
 
 def openai_error(r: httpx.Response, status: int, code: str | None = None) -> dict:

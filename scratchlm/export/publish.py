@@ -8,7 +8,6 @@ temporary sibling folder, so an interrupted publish leaves the old one intact.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,14 +22,6 @@ from ..model import checkpoint as ckpt
 from ..tokenizer import Tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class PublishError(ValueError):
@@ -136,10 +127,10 @@ def publish(source: str | Path, name: str, models_root: str | Path, *, dtype: st
                                f"{max_bytes / 1e6:.0f} MB limit (try dtype bf16 or a smaller model)")
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
         tokenizer.save(tmp)
-        files = {str(p.relative_to(tmp)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        files = {str(p.relative_to(tmp)): {"sha256": ckpt.sha256_file(p), "bytes": p.stat().st_size}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "README.md").write_text(_card(name, config, files, sections), "utf-8")
-        files["README.md"] = {"sha256": _sha256(tmp / "README.md"),
+        files["README.md"] = {"sha256": ckpt.sha256_file(tmp / "README.md"),
                               "bytes": (tmp / "README.md").stat().st_size}
         ckpt.write_json_atomic(tmp / ckpt.MANIFEST, {"files": files})
         old = target.with_name(f".{name}.old")

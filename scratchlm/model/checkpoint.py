@@ -36,7 +36,7 @@ class CheckpointSaveError(CheckpointError):
     """Writing a checkpoint failed (disk full, no permission); the previous checkpoint is untouched."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -148,7 +148,7 @@ def save_checkpoint(
         for p in files:
             with open(p, "rb+") as f:
                 os.fsync(f.fileno())
-        manifest = {"files": {str(p.relative_to(tmp)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        manifest = {"files": {str(p.relative_to(tmp)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                               for p in files}}
         write_json_atomic(tmp / MANIFEST, manifest)
         _fsync_dir(tmp)
@@ -203,7 +203,7 @@ def verify(folder: Path) -> dict:
         if size != info["bytes"]:
             raise CheckpointError(f"{p} has {size} bytes but the manifest says {info['bytes']}: the file was "
                                   f"truncated or edited")
-        if _sha256(p) != info["sha256"]:
+        if sha256_file(p) != info["sha256"]:
             raise CheckpointError(f"{p} does not match its sha256 in {mpath}: the file was modified")
     return manifest
 
