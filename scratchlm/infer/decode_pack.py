@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model.transformer import Block, KVCache, Transformer
+from . import engine
 
 
 class DecodeCache(KVCache):
@@ -33,6 +34,7 @@ class DecodeCache(KVCache):
     def __init__(self, model: Transformer, batch_size: int, max_len: int, device, dtype) -> None:
         super().__init__(model.cfg, batch_size, max_len, device, dtype)
         self.packs = decode_pack(model)
+        self.engine = engine.pack(model)
 
 
 def _packs_for(model: Transformer, cache: KVCache | None) -> list[dict] | None:

@@ -29,7 +29,7 @@ import torch
 
 from ..model.transformer import KVCache, Transformer
 from ..tokenizer import IncrementalDecoder
-from . import decode_pack
+from . import decode_pack, engine
 
 
 @dataclass
@@ -167,7 +167,16 @@ def last_logits(model: Transformer, ids: torch.Tensor, valid: torch.Tensor, star
     Per-row position ids count only valid columns (a left-padded row starts at rotary position 0); with a
     cache, the new columns are written at cache.pos (== start) and cache.pos is advanced to S."""
     end = valid.size(1)
-    if cache is not None and start == cache.pos and bool(valid.all()):
+    plain = cache is not None and start == cache.pos and bool(valid.all())
+    native = getattr(cache, "engine", None)
+    if native is not None and (ids.shape[1] == 1 or cache.packs is None):
+        # The native engine (one C call per step); fp32 prompts longer than a token still prefill through
+        # PyTorch's GEMMs, which are faster there. Both write the cache in one layout.
+        positions = None if plain else (valid.cumsum(dim=1) - 1).clamp(min=0)[:, start:end]
+        logits = engine.forward(model, native, ids, cache, start, positions, None if plain else valid)
+        cache.pos = end
+        return logits
+    if plain:
         # No padding (prompts of one length): positions are the columns and attention is plain causal, which
         # the model does without building a mask or gathering rotary rows -- most of a batch-1 decode step's
         # overhead at small sizes. Same result as the masked path (tested).

@@ -92,6 +92,8 @@ class _FbgemmLinear(nn.Module):
         zeros = torch.zeros(qweight.shape[0], dtype=torch.long)
         q = torch._make_per_channel_quantized_tensor(qweight, scale.double(), zeros, 0)
         self._packed = torch.ops.quantized.linear_prepack(q, None)
+        # the rows themselves, for the native decode engine (scratchlm.infer.engine), which reads int8 directly
+        self.int8_weight = (qweight, scale.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x.float(), self._packed, True).to(x.dtype)
@@ -107,6 +109,7 @@ def _torchao_linear(qweight: torch.Tensor, scale: torch.Tensor) -> nn.Linear:
     lin = nn.Linear(in_f, out_f, bias=False, device="meta")
     w = Int8Tensor(qweight, scale.reshape(-1, 1).float(), [1, in_f], torch.float32)
     lin.weight = nn.Parameter(w, requires_grad=False)
+    lin.int8_weight = (qweight, scale.float())  # for the native decode engine
     return lin
 
 
