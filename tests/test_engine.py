@@ -61,12 +61,14 @@ def test_step_logits_match_the_torch_path(model, monkeypatch):
 
         valid = torch.ones(1, 9, dtype=torch.bool)
         last_logits(model, ids, valid[:, :7], 0, cache)
-        native = [last_logits(model, torch.tensor([[t]]), valid[:, :8 + i], 7 + i, cache) for i, t in enumerate([4, 9])]
+        native = [last_logits(model, torch.tensor([[t]]), valid[:, :8 + i], 7 + i, cache)
+                  for i, t in enumerate([4, 9])]
         monkeypatch.setenv("SCRATCHLM_DECODE_ENGINE", "torch")
         ref_cache = DecodeCache(model, 1, 32, "cpu", torch.float32)
         assert ref_cache.engine is None
         last_logits(model, ids, valid[:, :7], 0, ref_cache)
-        ref = [last_logits(model, torch.tensor([[t]]), valid[:, :8 + i], 7 + i, ref_cache) for i, t in enumerate([4, 9])]
+        ref = [last_logits(model, torch.tensor([[t]]), valid[:, :8 + i], 7 + i, ref_cache)
+               for i, t in enumerate([4, 9])]
     for a, b in zip(native, ref):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
