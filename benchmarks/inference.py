@@ -195,9 +195,8 @@ def _timed(fn, repeat: int = 1) -> float:
 
 
 def run_lm_form(form: str, path: Path, args) -> dict:
-    from scratchlm.tokenizer import Tokenizer
-
     from scratchlm.model.folder import resolve_model
+    from scratchlm.tokenizer import Tokenizer
 
     tok = Tokenizer.load(resolve_model(args.model))
     ids = tok.encode(PROMPT_TEXT * 40)[:args.prompt_tokens]

@@ -32,7 +32,8 @@ class Classifier(LoadedModel):
     def label_names(self) -> list[str]:
         return list(self.config["label_names"])
 
-    def predict_proba(self, texts: list[str], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    def predict_proba(self, texts: list[str], *, batch_size: int = 32, progress: bool = False,
+                      stats: dict | None = None) -> np.ndarray:
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise ValueError(f"text {i} is empty")
@@ -42,7 +43,8 @@ class Classifier(LoadedModel):
         max_length = int(self.config["max_length"])
         texts = [clean_text(clip_text(t, max_length), clean) for t in texts]
         rows, _ = encode_texts(self.tokenizer, texts, self.config["max_length"], self.config["head_fraction"])
-        return predict_proba(self.model, rows, self.tokenizer.pad_id, batch_size=batch_size, progress=progress)
+        return predict_proba(self.model, rows, self.tokenizer.pad_id, batch_size=batch_size, progress=progress,
+                             stats=stats)
 
 
 def load_classifier(path: str | Path, device: str = "cpu") -> Classifier:

@@ -215,13 +215,24 @@ def make_task(cfg: ClassifyConfig, model: torch.nn.Module, tok: Tokenizer, data:
 # ------------------------------------------------------------------------------------------------ scoring
 def evaluate_split(clf: Classifier, texts: list[str], labels: np.ndarray, *, batch_size: int = 32,
                    progress: bool = False) -> tuple[dict, np.ndarray, float]:
-    """(metrics, probabilities, seconds) of ``clf`` on one labelled split."""
+    """(metrics, probabilities, seconds) of ``clf`` on one labelled split. With ``progress``, the metrics also
+    carry the pass's throughput (``speed``: tokens/s, forward GFLOP/s and MFU against the measured matmul peak)."""
     t0 = time.perf_counter()
-    probs = clf.predict_proba(texts, batch_size=batch_size, progress=progress)
+    stats: dict = {}
+    probs = clf.predict_proba(texts, batch_size=batch_size, progress=progress, stats=stats)
     seconds = time.perf_counter() - t0
     k = len(clf.label_names)
     m = classification_metrics(labels, probs.argmax(1), list(range(k)), clf.label_names,
                                y_score=probs[:, 1] if k == 2 else None)
+    if progress and "forward_gflops_per_s" in stats:
+        import torch
+
+        from ..train.hardware import measure_matmul_peak
+
+        peak = measure_matmul_peak(torch.device("cpu"), torch.float32)
+        m["speed"] = {"tokens_per_s": round(stats["tokens_per_s"], 1),
+                      "forward_gflops_per_s": round(stats["forward_gflops_per_s"], 2),
+                      "mfu": round(stats["forward_gflops_per_s"] * 1e9 / peak, 4)}
     return m, probs, seconds
 
 
@@ -417,4 +428,8 @@ def format_metrics(m: dict) -> str:
               " " * width + "".join(f"{n:>{width}}" for n in names)]
     for n, row in zip(names, m["confusion_matrix"]):
         lines.append(f"{n:>{width}}" + "".join(f"{v:>{width}}" for v in row))
+    if m.get("speed"):
+        sp = m["speed"]
+        lines += ["", f"pass: {sp['tokens_per_s']:,.0f} tokens/s, {sp['forward_gflops_per_s']:.1f} GFLOP/s forward, "
+                      f"MFU {100 * sp['mfu']:.1f}% of the measured fp32 matmul peak"]
     return "\n".join(lines)

@@ -113,12 +113,43 @@ class LMTask:
         return evaluate_windows(model, self.val.tokens, starts, self.block_size, self.token_bytes, batch_size)
 
 
+# A scoring pass this long (in tokens) compiles the model first: torch.compile costs ~20-40 s on a 2-core CPU
+# and saves ~20% of the forward, so it pays only on long passes (docs/results.md, "Scoring passes").
+COMPILE_MIN_TOKENS = 200_000
+HEAD_ROWS = 256  # positions per output-head chunk: the chunk's logits (rows x vocab fp32) stay in the cache
+
+
+def token_losses(model, hidden: torch.Tensor, targets: torch.Tensor, rows: int = HEAD_ROWS) -> torch.Tensor:
+    """Next-token loss (nats) at every position: the output head and log-sum-exp chunk by chunk, so the full
+    (positions x vocabulary) logits are never written to memory (at a 16k vocabulary they were half the pass)."""
+    h = hidden.reshape(-1, hidden.size(-1))
+    t = targets.reshape(-1)
+    out = torch.empty(t.numel(), dtype=torch.float32, device=h.device)
+    for i in range(0, t.numel(), rows):
+        logits = model.lm_head(h[i:i + rows]).float()
+        out[i:i + rows] = torch.logsumexp(logits, -1) - logits.gather(-1, t[i:i + rows, None]).squeeze(-1)
+    return out
+
+
+def _body(model, tokens: int, batch_shape: tuple[int, int]):
+    """The model's forward (hidden states) for the pass: compiled for long passes where compile works."""
+    if tokens < COMPILE_MIN_TOKENS or not hasattr(model, "lm_head"):
+        return model
+    try:
+        compiled = torch.compile(model, dynamic=False)
+        compiled(torch.zeros(batch_shape, dtype=torch.long, device=next(model.parameters()).device))
+        return compiled
+    except Exception:  # noqa: BLE001 -- no compiler / unsupported backend: the eager model gives the same scores
+        return model
+
+
 @torch.no_grad()
 def evaluate_windows(model, tokens, starts, block_size, token_bytes=None, batch_size=16,
                      progress: bool | str = False) -> dict[str, float]:
     """Loss (nats/token), perplexity and bits-per-byte over non-overlapping windows."""
     device = next(model.parameters()).device
     total_loss, total_tokens, total_bytes, total_loss_text = 0.0, 0, 0, 0.0
+    body = _body(model, len(starts) * block_size, (batch_size, block_size)) if len(starts) >= batch_size else model
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -130,9 +161,9 @@ def evaluate_windows(model, tokens, starts, block_size, token_bytes=None, batch_
         rows = np.stack([np.asarray(tokens[s:s + block_size + 1], dtype=np.int64) for s in starts[i:i + batch_size]])
         data = torch.from_numpy(rows).to(device)
         idx, targets = data[:, :-1], data[:, 1:]
-        logits = model.logits(idx)
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                                 reduction="none")
+        # a compiled body has one static shape: the last, smaller batch runs eager
+        hidden = (body if idx.shape[0] == batch_size else model)(idx)
+        loss = token_losses(model, hidden, targets)
         total_loss += loss.sum().item()
         total_tokens += targets.numel()
         if token_bytes is not None:
@@ -141,6 +172,11 @@ def evaluate_windows(model, tokens, starts, block_size, token_bytes=None, batch_
             total_loss_text += loss[nb > 0].sum().item()  # special tokens carry no bytes: excluded (as nanochat)
         if bar is not None:
             bar.update(targets.numel())
+            seconds = time.perf_counter() - t0
+            if hasattr(model, "flops_per_token") and seconds > 0:
+                bar.set_postfix_str(f"{total_tokens / seconds:,.0f} tok/s, "
+                                    f"{model.flops_per_token(block_size) / 3 * total_tokens / seconds / 1e9:.0f} "
+                                    f"GFLOP/s", refresh=False)
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
