@@ -75,3 +75,17 @@ def test_cli_refuses_a_meaningless_budget_without_a_traceback_or_a_model(tmp_pat
     assert f"{field} must be positive" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not list(out.rglob("*.safetensors")) and not list(out.rglob("config.json"))  # no "model" saved
+
+
+def test_an_explicit_max_steps_caps_an_epoch_budget():
+    """Bug: ``epochs`` overwrote ``train.max_steps``, so ``train.max_steps=120`` ran (and its bar counted to) a
+    whole epoch of 702 steps. Whichever budget ends first now stops the run."""
+    from scratchlm.stages.base import set_max_steps
+    from scratchlm.train.config import TrainConfig
+
+    cfg = TrainConfig(max_steps=120)
+    set_max_steps(cfg, 1.0, 702)
+    assert cfg.max_steps == 120
+    cfg = TrainConfig(max_steps=100000)
+    set_max_steps(cfg, 0.5, 702)
+    assert cfg.max_steps == 351

@@ -354,3 +354,30 @@ def test_no_traceback_for_any_bad_cli_input(tmp_path, cli_env, task_folders):
                            text=True, cwd=REPO, timeout=120)
         assert p.returncode != 0 and "Traceback" not in p.stderr and p.stderr.strip(), (argv, p.stderr)
     assert json.loads(inp.read_text()) == {"text": "good film", "id": 1}
+
+
+def test_a_signalled_stage_skips_its_report(monkeypatch):
+    """Bug: after SIGTERM a stage still scored the model (a classifier's test pass, a pretraining run's final
+    evaluation: minutes, past a scheduler's grace period). It now returns at once; the report waits for the
+    resumed run."""
+    from types import SimpleNamespace
+
+    from scratchlm.stages import base as stage_base
+
+    result = SimpleNamespace(train_seconds=1.0, step=4, best_step=None, stopped_because="signal",
+                             model_dir="m", stop_signal=signal.SIGTERM)
+
+    class FakeTrainer:
+        def __init__(self, *a, **k):
+            self.dist = SimpleNamespace(is_main=True)
+
+        def fit(self):
+            return result
+
+    monkeypatch.setattr(stage_base, "Trainer", FakeTrainer)
+
+    def report(info, trainer):
+        raise AssertionError("the report must not run after a stop signal")
+
+    info = stage_base.fit_and_report(None, None, run_config={}, tokenizer=None, info={"name": "x"}, report=report)
+    assert info["stop_signal"] == signal.SIGTERM and info["steps"] == 4

@@ -43,7 +43,7 @@ class StageConfig:
     pretrain_overrides: list[str] = field(default_factory=list)  # dotted overrides for that recipe
     init_weights: Literal["pretrained", "random"] = "pretrained"  # random: the from-scratch ablation
     dropout: float | None = None  # the decoder's residual/MLP dropout while fine-tuning; None: as pretrained
-    epochs: float | None = None  # sets train.max_steps (train.max_time_s still caps the run); None: max_steps
+    epochs: float | None = None  # sets train.max_steps (a smaller train.max_steps or max_time_s still caps it)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @property
@@ -85,10 +85,13 @@ def global_batch(train: TrainConfig) -> int:
 
 
 def set_max_steps(train: TrainConfig, epochs: float | None, units_per_epoch: float, units_per_step: int = 1) -> None:
-    """``epochs`` passes over the training data (``units_per_epoch`` rows or steps) as ``train.max_steps``."""
+    """``epochs`` passes over the training data (``units_per_epoch`` rows or steps) as ``train.max_steps``.
+
+    A ``train.max_steps`` given as well still caps the run (whichever ends first, as ``max_time_s`` does): it
+    used to be overwritten silently, so ``train.max_steps=120`` ran a whole epoch and its bar counted to it."""
     check_epochs(epochs)
     if epochs is not None:
-        train.max_steps = max(1, math.ceil(epochs * units_per_epoch / units_per_step))
+        train.max_steps = min(train.max_steps, max(1, math.ceil(epochs * units_per_epoch / units_per_step)))
 
 
 def guard_run_folder(train: TrainConfig, out_dir: str | Path, log=print) -> None:
@@ -112,7 +115,11 @@ def fit_and_report(train: TrainConfig, task: Task, *, run_config: dict, tokenize
             "best_step": result.best_step, "stopped_because": result.stopped_because,
             "model_dir": str(result.model_dir)}
     if result.stop_signal is not None:
+        # Stopped by SIGTERM/SIGINT (preemption, Ctrl-C, the end of a sitting): the checkpoint is saved, and the
+        # process must end now. Scoring the model here (a test pass, a pretraining run's final evaluation) took
+        # minutes, past any scheduler's grace period; the report is made when the resumed run finishes.
         info["stop_signal"] = result.stop_signal
+        return info
     return report(info, trainer) if trainer.dist.is_main else info
 
 

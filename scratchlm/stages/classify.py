@@ -296,9 +296,11 @@ def run(cfg: ClassifyConfig, log=print) -> dict:
     global_batch_size = global_batch(cfg.train)
     set_max_steps(cfg.train, cfg.epochs, task.steps_per_epoch(global_batch_size))
     n_total, n_train = count_parameters(model), count_parameters(model, trainable=True)
+    n_rows = len(rows.train_rows)
     log(f"model: {cfg.kind}{' (' + cfg.method + ')' if cfg.kind == 'decoder' else ''}, "
         f"{n_total / 1e6:.2f}M parameters, {n_train / 1e6:.3f}M trainable; {cfg.train.max_steps} steps of "
-        f"{global_batch_size} examples ({cfg.epochs} epochs of {len(rows.train_rows):,})")
+        f"{global_batch_size} examples ({cfg.train.max_steps * global_batch_size / max(1, n_rows):.2f} epochs of "
+        f"{n_rows:,})")
     run_config = {**folder_config(cfg, model, tok, data),
                   "backbone": {"folder": str(pretrained.folder), "data": pretrained.config.get("data")}}
     # the classifier never runs the lm_head; attention at the mean example length
