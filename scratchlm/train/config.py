@@ -50,6 +50,12 @@ class TrainConfig:
     decay_steps: int | None = None  # horizon of the decay; None = max_steps, or the steps that fit max_time_s
     budget_calibration_steps: int = 10  # with max_time_s: steps timed to estimate how many fit the budget
     weight_decay: float = 0.1
+    # fine-tuning schedules from ULMFiT (Howard & Ruder 2018), for decoders: each block below the top gets
+    # `layer_lr_decay` times the learning rate of the one above it (discriminative fine-tuning; 1 = off), and
+    # with `unfreeze_steps` > 0 the layers start training top-down, one more block every `unfreeze_steps`
+    # steps (gradual unfreezing; the head and final norm first, the embeddings last)
+    layer_lr_decay: float = 1.0
+    unfreeze_steps: int = 0
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
@@ -97,3 +103,9 @@ class TrainConfig:
             raise ValueError(f"train.decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if self.warmup_steps < 0:
             raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ValueError(f"train.layer_lr_decay must be in (0, 1] (1 = one learning rate for all layers), got "
+                             f"{self.layer_lr_decay}")
+        if self.unfreeze_steps < 0:
+            raise ValueError(f"train.unfreeze_steps must be >= 0 (0 = all layers train from the start), got "
+                             f"{self.unfreeze_steps}")

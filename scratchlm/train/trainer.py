@@ -32,7 +32,7 @@ from . import distributed as dist_utils
 from .config import TrainConfig
 from .hardware import autocast, measure_matmul_peak, pick_device, pick_dtype
 from .metrics_log import MetricsLogger
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer, group_lr, lr_at
 
 
 class TrainingDivergedError(RuntimeError):
@@ -432,7 +432,7 @@ class Trainer:
         cfg = self.cfg
         lr = lr_at(self.step, cfg, self.horizon)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = group_lr(lr, group, self.step, cfg)
         batches = self.task.micro_batches(self.step, self.grad_accum, cfg.micro_batch_size,
                                           self.dist.rank, self.dist.world_size)
         batches = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
