@@ -381,3 +381,19 @@ def test_a_signalled_stage_skips_its_report(monkeypatch):
 
     info = stage_base.fit_and_report(None, None, run_config={}, tokenizer=None, info={"name": "x"}, report=report)
     assert info["stop_signal"] == signal.SIGTERM and info["steps"] == 4
+
+
+def test_time_based_checkpoints(tmp_path, prepared, monkeypatch):
+    """train.save_interval_s saves at the first step boundary after that many seconds, whatever save_interval
+    says: on a busy machine 50 steps took 75 minutes instead of 4 (the base run, 2026-12-07)."""
+    import scratchlm.train.trainer as trainer_mod
+
+    clock = iter(range(0, 10_000, 7))  # every call to the trainer's monotonic clock: 7 "seconds" later
+    monkeypatch.setattr(trainer_mod.time, "monotonic", lambda: next(clock))
+    trainer = make_trainer(prepared, tmp_path, max_steps=6, eval_interval=0, save_interval=1000, keep_last=10,
+                           save_interval_s=20)
+    trainer.fit()
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert len(saved) >= 2 and saved[-1] == "step_0000006"  # at least one save before the last step's
+    with pytest.raises(ValueError, match="train.save_interval_s"):
+        make_trainer(prepared, tmp_path / "x", save_interval_s=0).cfg.validate()

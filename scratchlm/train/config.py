@@ -71,6 +71,7 @@ class TrainConfig:
     eval_at_start: bool = False
     log_interval: int = 10
     save_interval: int = 500
+    save_interval_s: float | None = None  # also save when this many seconds passed since the last checkpoint
     keep_last: int = 2
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = off
     best_metric: str = "val_loss"
@@ -101,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 < self.decay_fraction <= 1:
             raise ValueError(f"train.decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.save_interval_s is not None:
+            check_budget("train.save_interval_s", self.save_interval_s)
         if self.warmup_steps < 0:
             raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 < self.layer_lr_decay <= 1:

@@ -305,6 +305,7 @@ class Trainer:
         cfg = self.cfg
         self._build()
         self._maybe_resume()
+        self._saved_at = time.monotonic()
         logger = MetricsLogger(self.out_dir, tensorboard=cfg.tensorboard, enabled=self.dist.is_main)
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -370,7 +371,11 @@ class Trainer:
             # a signal stops at this step boundary; the checkpoint is what an uninterrupted run holds here (no
             # extra evaluation), so --resume continues bit-identically
             signalled = dist_utils.broadcast_flag(self.stop_signal is not None, self.dist, self.device)
-            if self.step % cfg.save_interval == 0 or last or stop_early or signalled:
+            # a time-based save too: on a shared or slow machine save_interval steps can take far longer than
+            # planned, and a sitting that ends loses everything since the last checkpoint
+            overdue = cfg.save_interval_s is not None and time.monotonic() - self._saved_at >= cfg.save_interval_s
+            overdue = dist_utils.broadcast_flag(overdue, self.dist, self.device)
+            if self.step % cfg.save_interval == 0 or last or stop_early or signalled or overdue:
                 self._save()
             if signalled and not last and not stop_early:
                 stopped = "signal"
@@ -505,6 +510,7 @@ class Trainer:
         return ckpt.model_state(self.task.model), self.optimizer.state_dict()
 
     def _save(self, best: bool = False) -> None:
+        self._saved_at = time.monotonic()
         folder_name = f"step_{self.step:07d}"
         if self._saved_step == self.step:  # this step is on disk already (a best save on a save step)
             if self.dist.is_main:
