@@ -3,6 +3,8 @@ gradual unfreezing (top-down), both as per-group learning rates, so they resume 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -63,3 +65,55 @@ def test_frozen_groups_do_not_move_in_a_real_step():
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"train.{field}"):
         TrainConfig(**{field: value}).validate()
+
+
+def _mean_of(folders):
+    from scratchlm.model import checkpoint as ckpt
+
+    tensors = [ckpt.load_tensors(f) for f in folders]
+    return {k: sum(t[k].double() for t in tensors) / len(tensors) for k in tensors[0]}
+
+
+def test_checkpoint_averaging_exports_the_mean_when_it_scores_better(tmp_path, prepared):
+    from conftest import make_trainer
+
+    from scratchlm.model import checkpoint as ckpt
+
+    trainer = make_trainer(prepared, tmp_path, max_steps=6, eval_interval=2, save_interval=2, keep_last=3,
+                           average_last=3)
+    real, calls = trainer.task.evaluate, iter(range(100))
+
+    def evaluate(model, max_batches, **kw):  # every evaluation "improves": the average, evaluated last, wins
+        return {**real(model, max_batches, **kw), "val_loss": 10.0 - next(calls)}
+
+    trainer.task.evaluate = evaluate
+    trainer.fit()
+    source = json.loads((tmp_path / "model" / "source.json").read_text())
+    assert source["steps"] == [2, 4, 6] and source["val_loss"] < source["best_single"]["val_loss"]
+    mean = _mean_of([tmp_path / "checkpoints" / f"step_{s:07d}" for s in (2, 4, 6)])
+    exported = ckpt.load_tensors(tmp_path / "model")
+    for k, v in mean.items():
+        torch.testing.assert_close(exported[k].double(), v, atol=1e-6, rtol=1e-6)
+
+
+def test_checkpoint_averaging_keeps_the_best_checkpoint_when_the_mean_is_worse(tmp_path, prepared):
+    from conftest import make_trainer
+
+    trainer = make_trainer(prepared, tmp_path, max_steps=6, eval_interval=2, save_interval=2, keep_last=3,
+                           average_last=3)
+    real, calls = trainer.task.evaluate, iter(range(100))
+
+    def evaluate(model, max_batches, **kw):  # the first evaluation is the best; the average is worse
+        return {**real(model, max_batches, **kw), "val_loss": 1.0 + next(calls)}
+
+    trainer.task.evaluate = evaluate
+    trainer.fit()
+    source = json.loads((tmp_path / "model" / "source.json").read_text())
+    assert source == {"checkpoint": str(tmp_path / "checkpoints" / "step_0000002"), "step": 2}
+
+
+def test_average_last_needs_the_checkpoints_on_disk():
+    with pytest.raises(ValueError, match="train.keep_last >= 4"):
+        TrainConfig(average_last=4, keep_last=2).validate()
+    with pytest.raises(ValueError, match="train.average_last"):
+        TrainConfig(average_last=1).validate()

@@ -73,6 +73,9 @@ class TrainConfig:
     save_interval: int = 500
     save_interval_s: float | None = None  # also save when this many seconds passed since the last checkpoint
     keep_last: int = 2
+    # checkpoint averaging: the final model is the mean of the last `average_last` checkpoints' weights when
+    # that scores better on validation (best_metric) than the best single checkpoint; 0 = off
+    average_last: int = 0
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = off
     best_metric: str = "val_loss"
     best_mode: Literal["min", "max"] = "min"
@@ -102,6 +105,11 @@ class TrainConfig:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 < self.decay_fraction <= 1:
             raise ValueError(f"train.decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.average_last < 0 or self.average_last == 1:
+            raise ValueError(f"train.average_last must be 0 (off) or >= 2 checkpoints, got {self.average_last}")
+        if self.average_last > self.keep_last:
+            raise ValueError(f"train.average_last ({self.average_last}) needs that many checkpoints on disk: set "
+                             f"train.keep_last >= {self.average_last}")
         if self.save_interval_s is not None:
             check_budget("train.save_interval_s", self.save_interval_s)
         if self.warmup_steps < 0:

@@ -547,7 +547,8 @@ class Trainer:
         dist_utils.barrier(self.dist)
 
     def _export_final(self) -> Path:
-        """``out_dir/model``: the best (else last) weights with config and tokenizer, ready for --model."""
+        """``out_dir/model``: the best (else last) weights with config and tokenizer, ready for --model; with
+        ``average_last``, the average of the last checkpoints instead when it scores better on validation."""
         target = self.out_dir / "model"
         if self.dist.is_main:
             name = ckpt.read_pointer(self.ckpt_dir, ckpt.BEST) or ckpt.read_pointer(self.ckpt_dir, ckpt.LATEST)
@@ -559,12 +560,47 @@ class Trainer:
                 if f.name not in ("optimizer.safetensors", "optimizer.json", "trainer_state.json", ckpt.MANIFEST):
                     shutil.copy2(f, tmp / f.name)
             tensors = ckpt.load_tensors(tmp)
+            origin = {"checkpoint": str(source), "step": int(name[5:])}
+            averaged = self._averaged() if self.cfg.average_last and not self.is_fsdp else None
+            if averaged is not None:
+                tensors, origin = averaged
             ckpt.save_checkpoint(target, model_tensors=tensors, config=ckpt.read_config(tmp),
-                                 tokenizer=self.tokenizer,
-                                 extra_files={"source.json": {"checkpoint": str(source), "step": int(name[5:])}})
+                                 tokenizer=self.tokenizer, extra_files={"source.json": origin})
             shutil.rmtree(tmp, ignore_errors=True)
         dist_utils.barrier(self.dist)
         return target
+
+    def _averaged(self) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The mean weights of the last ``average_last`` checkpoints and where they came from, when they score
+        better on validation than the best single checkpoint (else None; either way the comparison is printed
+        and logged). Averaging the end of a run smooths the noise of its last steps (Vaswani et al. 2017)."""
+        cfg = self.cfg
+        names = sorted(p.name for p in self.ckpt_dir.iterdir() if p.name.startswith("step_"))[-cfg.average_last:]
+        if len(names) < 2 or self.best_metric is None:
+            return None
+        total: dict[str, torch.Tensor] = {}
+        for n in names:
+            for k, t in ckpt.load_tensors(self.ckpt_dir / n).items():
+                total[k] = total[k] + t.double() if k in total else t.double()
+        own = ckpt.model_state(self.task.model)
+        mean = {k: (v / len(names)).to(own[k].dtype) for k, v in total.items()}
+        kept = {k: v.clone() for k, v in own.items()}
+        model = self.task.model
+        try:
+            ckpt.load_model_weights(model, mean, "averaged checkpoints")
+            model.eval()
+            with torch.no_grad(), autocast(self.device, self.dtype):
+                value = float(self.task.evaluate(model, cfg.eval_batches)[cfg.best_metric])
+        finally:
+            ckpt.load_model_weights(model, kept, "the run's weights")
+        better = value < self.best_metric if cfg.best_mode == "min" else value > self.best_metric
+        self._print(f"average of {len(names)} checkpoints ({names[0]} .. {names[-1]}): {cfg.best_metric} "
+                    f"{value:.4f} against the best single checkpoint's {self.best_metric:.4f} (step "
+                    f"{self.best_step}): {'the average' if better else 'the best checkpoint'} is exported")
+        if not better:
+            return None
+        return mean, {"averaged": names, "steps": [int(n[5:]) for n in names], cfg.best_metric: value,
+                      "best_single": {"step": self.best_step, cfg.best_metric: self.best_metric}}
 
     # ---- output --------------------------------------------------------------------------------
     def _progress(self):
