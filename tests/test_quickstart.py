@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from scratchlm.model.folder import load_model
+from scratchlm.model.folder import load_model, published_models
 
 
 def test_quickstart_end_to_end(tmp_path, cli_env):
@@ -12,7 +12,7 @@ def test_quickstart_end_to_end(tmp_path, cli_env):
     proc = subprocess.run(
         [sys.executable, "-m", "scratchlm.cli", "quickstart", "--out", str(out), "--minutes", "0.15",
          "--train.eval_interval=20", "--model.n_layer=2", "--train.progress=false",
-         "--sentiment-minutes", "0.1", "--sentiment-examples", "200"],
+         "--sentiment-minutes", "0.1", "--decoder-minutes", "0.1", "--sentiment-examples", "200"],
         capture_output=True, text=True, timeout=900, env=cli_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
@@ -27,6 +27,8 @@ def test_quickstart_end_to_end(tmp_path, cli_env):
     # the sentiment stage: three classifiers on the same reviews, one comparison page
     summary = json.loads((out / "quickstart.json").read_text())
     assert [r["name"] for r in summary["sentiment"]] == ["decoder", "bow", "gru"]
+    # the decoder starts from the published base when there is one, else from the few-minute model
+    assert summary["sentiment_init"] == ("base" if "base" in published_models() else str(out / "model"))
     assert all(0.3 < r["test_accuracy"] <= 1.0 for r in summary["sentiment"])
     assert (out / "sentiment" / "report.html").exists() and "test acc" in proc.stdout
 

@@ -54,7 +54,11 @@ def add_parsers(subparsers) -> None:
     sp.add_argument("--out", default="runs/quickstart")
     sp.add_argument("--minutes", type=float, default=4.0, help="pretraining wall-clock budget")
     sp.add_argument("--sentiment-minutes", type=float, default=1.0,
-                    help="wall-clock budget of each neural sentiment classifier")
+                    help="wall-clock budget of the GRU sentiment baseline")
+    sp.add_argument("--decoder-minutes", type=float, default=2.5,
+                    help="wall-clock budget of fine-tuning the published base into the sentiment decoder")
+    sp.add_argument("--base", default="base",
+                    help="the published model to fine-tune for sentiment (default base; 'none': the few-minute model)")
     sp.add_argument("--sentiment-examples", type=int, default=2000, help="IMDb training reviews for the classifiers")
     sp.add_argument("--data-dir", default=None)
     sp.add_argument("--overwrite", action="store_true", help=overwrite_help)
@@ -236,4 +240,5 @@ def cmd_quickstart(args, extra) -> int:
 
     return run(out_dir=args.out, minutes=args.minutes, data_dir=args.data_dir, extra=overrides_from_args(extra),
                sentiment_minutes=args.sentiment_minutes, sentiment_examples=args.sentiment_examples,
-               overwrite=args.overwrite)
+               overwrite=args.overwrite, decoder_minutes=args.decoder_minutes,
+               base=None if args.base == "none" else args.base)
