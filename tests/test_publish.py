@@ -64,3 +64,21 @@ def test_cli_publish_then_generate_by_name(tiny_lm_dir, tmp_path, cli_env):
     assert proc.returncode == 0, proc.stderr
     proc = _cli("generate", "--model", "nosuch", "hi", env=env)
     assert proc.returncode != 0 and "tiny" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_publish_puts_the_run_loss_curve_in_the_card(tiny_lm_dir, tmp_path, cli_env):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_lm_dir, run / "model")
+    rows = [{"kind": "train", "step": s, "loss": 5.0 - s / 10} for s in range(1, 11)]
+    rows += [{"kind": "eval", "step": s, "val_loss": 5.2 - s / 10} for s in (5, 10)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**cli_env, "SCRATCHLM_MODELS_DIR": str(tmp_path / "models")}
+    proc = _cli("publish", "--model", str(run / "model"), "--name", "tiny", env=env)
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "models" / "tiny"
+    assert (folder / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "loss_curve.png" in json.loads((folder / "manifest.json").read_text())["files"]
+    assert "![training and validation loss](loss_curve.png)" in (folder / "README.md").read_text()
+    load_model(folder)  # the manifest, picture included, verifies

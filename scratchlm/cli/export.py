@@ -4,6 +4,7 @@ parsers imports no torch)."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from ..export.formats import FORMATS, LORA_MODES, QUANTIZE_METHODS
@@ -43,11 +44,19 @@ def cmd_publish(args, extra=None) -> int:
     if args.note:
         sections.append(("Status", "\n\n".join(args.note)))
     sections += run_sections(run, config, scores)
-    if args.command:
-        sections.append(("Reproduce", "```bash\n" + "\n".join(args.command) + "\n```"))
-    root = Path(args.models_dir) if args.models_dir else models_dirs()[0]
-    folder = publish(source, args.name, root, dtype=args.dtype, sections=sections, overwrite=args.overwrite,
-                     max_bytes=int(args.max_mb * 1e6) if args.max_mb else None)
+    extra_files = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        from ..stages.report import plot_run_curves
+
+        curve = plot_run_curves(run, args.name, Path(tmp) / "loss_curve.png")
+        if curve is not None:
+            extra_files["loss_curve.png"] = curve
+            sections.append(("Loss curve", "![training and validation loss](loss_curve.png)"))
+        if args.command:
+            sections.append(("Reproduce", "```bash\n" + "\n".join(args.command) + "\n```"))
+        root = Path(args.models_dir) if args.models_dir else models_dirs()[0]
+        folder = publish(source, args.name, root, dtype=args.dtype, sections=sections, overwrite=args.overwrite,
+                         max_bytes=int(args.max_mb * 1e6) if args.max_mb else None, extra_files=extra_files)
     size = (folder / "model.safetensors").stat().st_size
     print(f"published {folder} ({size / 1e6:.1f} MB {args.dtype}); load it with --model {args.name} or "
           f"scratchlm.load({args.name!r})")

@@ -99,11 +99,13 @@ def run_sections(run: str | Path, config: dict, scores: dict[str, dict] | None =
 
 def publish(source: str | Path, name: str, models_root: str | Path, *, dtype: str = "fp32",
             sections: Sequence[tuple[str, str]] = (), extra_config: dict | None = None,
-            max_bytes: int | None = None, overwrite: bool = False) -> Path:
+            max_bytes: int | None = None, overwrite: bool = False,
+            extra_files: dict[str, Path] | None = None) -> Path:
     """Copy the model in ``source`` (a model or checkpoint folder) to ``models_root/name``.
 
     ``sections`` are (title, markdown) pairs for the model card (corpora, scores, commands, ...).
-    ``extra_config`` is merged into config.json under ``published``. Raises PublishError if the weights
+    ``extra_config`` is merged into config.json under ``published``; ``extra_files`` (name -> path) are copied
+    in and covered by the manifest (a loss-curve picture for the card). Raises PublishError if the weights
     exceed ``max_bytes`` or the target exists and ``overwrite`` is false."""
     if dtype not in DTYPES:
         raise PublishError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -127,6 +129,8 @@ def publish(source: str | Path, name: str, models_root: str | Path, *, dtype: st
                                f"{max_bytes / 1e6:.0f} MB limit (try dtype bf16 or a smaller model)")
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
         tokenizer.save(tmp)
+        for fname, path in (extra_files or {}).items():
+            shutil.copy2(path, tmp / fname)
         files = {str(p.relative_to(tmp)): {"sha256": ckpt.sha256_file(p), "bytes": p.stat().st_size}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "README.md").write_text(_card(name, config, files, sections), "utf-8")

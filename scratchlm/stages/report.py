@@ -345,6 +345,14 @@ def _matplotlib_available() -> bool:
     return True
 
 
+def plot_run_curves(run_dir: str | Path, name: str, path: Path) -> Path | None:
+    """One run's training and validation loss against step as a PNG (for a model card); None without
+    matplotlib or without a metrics.jsonl."""
+    if not _matplotlib_available():
+        return None
+    return _plot_loss_curves([{"name": name, "run_dir": str(run_dir)}], path)
+
+
 def _history(run: dict) -> tuple[list[dict], list[dict]] | None:
     """(train rows, eval rows) from the run's metrics.jsonl; None without one. A torn last line (a run
     still writing) is skipped."""
