@@ -82,3 +82,17 @@ def test_cli_publish_puts_the_run_loss_curve_in_the_card(tiny_lm_dir, tmp_path, 
     assert "loss_curve.png" in json.loads((folder / "manifest.json").read_text())["files"]
     assert "![training and validation loss](loss_curve.png)" in (folder / "README.md").read_text()
     load_model(folder)  # the manifest, picture included, verifies
+
+
+def test_cli_publish_of_a_checkpoint_describes_that_checkpoint(prepared, tmp_path, cli_env):
+    """Bug: publishing runs/<run>/checkpoints/step_N took runs/<run>/checkpoints for the run, so the card had
+    no step, tokens, data sizes or curve; and the step was the run's latest, not the one published."""
+    from conftest import make_trainer
+
+    run = tmp_path / "run"
+    make_trainer(prepared, run, max_steps=4, eval_interval=2, save_interval=2, keep_last=3).fit()
+    env = {**cli_env, "SCRATCHLM_MODELS_DIR": str(tmp_path / "models")}
+    proc = _cli("publish", "--model", str(run / "checkpoints" / "step_0000002"), "--name", "early", env=env)
+    assert proc.returncode == 0, proc.stderr
+    card = (tmp_path / "models" / "early" / "README.md").read_text()
+    assert "| optimizer steps | 2 " in card and "loss_curve.png" in card, card  # step 2, not the latest (4)

@@ -37,13 +37,15 @@ def cmd_publish(args, extra=None) -> int:
     from ..model.folder import models_dirs
 
     source = Path(args.model)
-    run = source if (source / "checkpoints").is_dir() else source.parent
+    # the training run around the model: a run folder itself, <run>/checkpoints/step_N, or <run>/model
+    run = source if (source / "checkpoints").is_dir() else \
+        source.parent.parent if source.parent.name == "checkpoints" else source.parent
     config = ckpt.read_config(ckpt.resolve(source))
     scores = json.loads(Path(args.scores).read_text("utf-8")) if args.scores else None
     sections = []
     if args.note:
         sections.append(("Status", "\n\n".join(args.note)))
-    sections += run_sections(run, config, scores)
+    sections += run_sections(run, config, scores, checkpoint=ckpt.resolve(source))
     extra_files = {}
     with tempfile.TemporaryDirectory() as tmp:
         from ..stages.report import plot_run_curves

@@ -49,10 +49,12 @@ def _table(header: Sequence[str], rows: list[Sequence]) -> str:
     return "\n".join(lines)
 
 
-def run_sections(run: str | Path, config: dict, scores: dict[str, dict] | None = None) -> list[tuple[str, str]]:
+def run_sections(run: str | Path, config: dict, scores: dict[str, dict] | None = None,
+                 checkpoint: Path | None = None) -> list[tuple[str, str]]:
     """Model-card sections read from a training run folder: what it trained on (corpora, licences, documents,
     redactions), how long, and the held-out scores (``scores``: name -> metrics, e.g. from
-    ``scratchlm evaluate --json``, else the run's report.json)."""
+    ``scratchlm evaluate --json``, else the run's report.json). The step, tokens and time are those of
+    ``checkpoint`` (the one published) when it holds a trainer state, else of the run's latest checkpoint."""
     from ..data.registry import DATASETS
 
     run = Path(run)
@@ -77,9 +79,13 @@ def run_sections(run: str | Path, config: dict, scores: dict[str, dict] | None =
     report = json.loads(report_path.read_text("utf-8")) if report_path.exists() else {}
     state = {}
     pointer = run / "checkpoints" / ckpt.LATEST
-    if pointer.exists():
+    state_path = Path(checkpoint or "") / "trainer_state.json"
+    if not (checkpoint and state_path.exists()) and pointer.exists():
         state_path = run / "checkpoints" / pointer.read_text("utf-8").strip() / "trainer_state.json"
-        state = json.loads(state_path.read_text("utf-8")) if state_path.exists() else {}
+    if state_path.exists():
+        state = json.loads(state_path.read_text("utf-8"))
+    if checkpoint is not None and state and report.get("steps") != state.get("step"):
+        report = {}  # the run's report describes another step (its end), not the checkpoint published
     step = report.get("steps", state.get("step"))
     tokens = report.get("tokens_seen", state.get("tokens_seen"))
     seconds = report.get("train_seconds", state.get("elapsed"))
