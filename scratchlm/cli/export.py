@@ -50,7 +50,8 @@ def cmd_publish(args, extra=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         from ..stages.report import plot_run_curves
 
-        curve = plot_run_curves(run, args.name, Path(tmp) / "loss_curve.png")
+        curve = plot_run_curves(run, args.name, Path(tmp) / "loss_curve.png",
+                                until_step=ckpt.step_of(ckpt.resolve(source)))
         if curve is not None:
             extra_files["loss_curve.png"] = curve
             sections.append(("Loss curve", "![training and validation loss](loss_curve.png)"))

@@ -345,12 +345,12 @@ def _matplotlib_available() -> bool:
     return True
 
 
-def plot_run_curves(run_dir: str | Path, name: str, path: Path) -> Path | None:
-    """One run's training and validation loss against step as a PNG (for a model card); None without
-    matplotlib or without a metrics.jsonl."""
+def plot_run_curves(run_dir: str | Path, name: str, path: Path, until_step: int | None = None) -> Path | None:
+    """One run's training and validation loss against step as a PNG (for a model card), up to ``until_step``
+    (the checkpoint published); None without matplotlib or without a metrics.jsonl."""
     if not _matplotlib_available():
         return None
-    return _plot_loss_curves([{"name": name, "run_dir": str(run_dir)}], path)
+    return _plot_loss_curves([{"name": name, "run_dir": str(run_dir), "until_step": until_step}], path)
 
 
 def _history(run: dict) -> tuple[list[dict], list[dict]] | None:
@@ -371,6 +371,10 @@ def _history(run: dict) -> tuple[list[dict], list[dict]] | None:
             except json.JSONDecodeError:
                 continue
     rows = [r for r in rows if isinstance(r, dict) and _num(r.get("step")) is not None]
+    if run.get("until_step") is not None:
+        rows = [r for r in rows if r["step"] <= run["until_step"]]
+    # a resumed run logs again the steps after its checkpoint that the stopped part had logged: the later wins
+    rows = list({(r.get("kind"), r["step"]): r for r in rows}.values())
     return [r for r in rows if r.get("kind") == "train"], [r for r in rows if r.get("kind") == "eval"]
 
 
