@@ -81,3 +81,30 @@ def test_models_verb_lists_the_presets(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("1m", "6m", "20m", "50m", "125m"))
+
+
+def test_task_model_bad_inputs_get_errors_or_warnings_not_tracebacks(task_folders, tmp_path, capsys):
+    """Issue 19's bad input: a model of another task given to a verb is a one-line error; a text in the wrong
+    language for a translator and an empty or huge e-mail to summarize get a warning with a result."""
+    import warnings
+
+    from scratchlm.infer.seq2seq import DecodeConfig, load_seq2seq
+
+    assert main(["classify", "--model", str(task_folders["lm"]), "a fine film"]) != 0
+    assert main(["summarize", "--model", str(task_folders["mt"]), "Meeting moved to Friday."]) == 2
+    assert main(["translate", "--model", str(task_folders["sum"]), "hello"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "is a translate model" in err and "is a summarize model" in err
+
+    mt, summ = load_seq2seq(task_folders["mt"]), load_seq2seq(task_folders["sum"])
+    decode = DecodeConfig(num_beams=1, max_new_tokens=4)
+    with pytest.warns(UserWarning, match="do not look like English.*translates en-zh"):
+        out = mt.generate(["这是一个机器翻译的例子。", "This is an example."], decode)
+    assert len(out) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # English text for an en->zh model: no warning
+        mt.generate(["This is an example of machine translation."], decode)
+    with pytest.warns(UserWarning, match="empty source"):
+        assert summ.generate(["", "Lunch moved to noon."], decode)[0] == ""
+    with pytest.warns(UserWarning, match="truncated"):
+        assert len(summ.generate(["word " * 200_000], decode)) == 1  # a 1 MB e-mail

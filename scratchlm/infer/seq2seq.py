@@ -17,6 +17,8 @@ from ..model.kinds import SEQ2SEQ_TASKS
 from ..tasks.seq2seq import encode_pairs, prompt_prefix
 from .beam import BeamConfig, beam_search
 
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
+
 
 @dataclass
 class DecodeConfig:
@@ -37,6 +39,16 @@ class DecodeConfig:
 
 def direction(src_lang: str, tgt_lang: str) -> str:
     return f"{src_lang}-{tgt_lang}"
+
+
+def script_language(text: str) -> str | None:
+    """"zh" when most letters of ``text`` are CJK ideographs, "en" when most are Latin, None when there are too
+    few letters to tell (numbers, names, a word or two): enough to catch a text given to the wrong translator."""
+    cjk = sum(1 for c in text if "\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf")
+    latin = sum(1 for c in text if c.isascii() and c.isalpha())
+    if cjk + latin < 4:
+        return None
+    return "zh" if 2 * cjk >= latin else "en"  # an ideograph carries about as much as two Latin letters
 
 
 class Seq2SeqModel(LoadedModel):
@@ -84,6 +96,13 @@ class Seq2SeqModel(LoadedModel):
             for i, o in zip(keep, outs):
                 full[i] = o
             return full
+        if self.task == "translate":
+            src = self.config["src_lang"]
+            wrong = [i for i, t in enumerate(sources) if script_language(t) not in (None, src)]
+            if wrong:
+                warnings.warn(f"{len(wrong)} source(s) (first at line {wrong[0] + 1}) do not look like "
+                              f"{LANGUAGE_NAMES.get(src, src)}, and this model translates "
+                              f"{direction(src, self.config['tgt_lang'])}: their outputs will be poor", stacklevel=2)
         prompts, cut = self.prompts(sources)
         if cut:
             limit = self.config.get("max_source_tokens")
