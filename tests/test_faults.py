@@ -356,7 +356,7 @@ def test_no_traceback_for_any_bad_cli_input(tmp_path, cli_env, task_folders):
     assert json.loads(inp.read_text()) == {"text": "good film", "id": 1}
 
 
-def test_a_signalled_stage_skips_its_report(monkeypatch):
+def test_a_signalled_stage_skips_its_report(monkeypatch, tmp_path):
     """Bug: after SIGTERM a stage still scored the model (a classifier's test pass, a pretraining run's final
     evaluation: minutes, past a scheduler's grace period). It now returns at once; the report waits for the
     resumed run."""
@@ -379,8 +379,11 @@ def test_a_signalled_stage_skips_its_report(monkeypatch):
     def report(info, trainer):
         raise AssertionError("the report must not run after a stop signal")
 
-    info = stage_base.fit_and_report(None, None, run_config={}, tokenizer=None, info={"name": "x"}, report=report)
+    info = stage_base.fit_and_report(SimpleNamespace(out_dir=str(tmp_path)), None, run_config={}, tokenizer=None,
+                                     info={"name": "x"}, report=report)
     assert info["stop_signal"] == signal.SIGTERM and info["steps"] == 4
+    # report.json says where it stopped (for scripts), without scores
+    assert json.loads((tmp_path / "report.json").read_text())["stopped_because"] == "signal"
 
 
 def test_time_based_checkpoints(tmp_path, prepared, monkeypatch):

@@ -119,6 +119,8 @@ def fit_and_report(train: TrainConfig, task: Task, *, run_config: dict, tokenize
         # process must end now. Scoring the model here (a test pass, a pretraining run's final evaluation) took
         # minutes, past any scheduler's grace period; the report is made when the resumed run finishes.
         info["stop_signal"] = result.stop_signal
+        if trainer.dist.is_main:  # what the run is and where it stopped, for scripts (no scores: not scored)
+            write_json(Path(train.out_dir) / "report.json", info)
         return info
     return report(info, trainer) if trainer.dist.is_main else info
 
