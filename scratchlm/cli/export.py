@@ -23,7 +23,8 @@ def add_publish_parser(subparsers) -> None:
     sp.add_argument("--name", required=True, help="the published name (e.g. base, imdb-sentiment)")
     sp.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights as stored (default fp32)")
     sp.add_argument("--max-mb", type=float, help="refuse weights larger than this many MB")
-    sp.add_argument("--scores", help="JSON file: text name -> metrics (e.g. from scratchlm evaluate --json)")
+    sp.add_argument("--scores", help="JSON file: DATASET:SPLIT -> metrics of the published weights (from scratchlm "
+                                     "evaluate --json); in the card and in config.json, re-checked by a slow test")
     sp.add_argument("--note", action="append", default=[], help="a paragraph for the card's status section")
     sp.add_argument("--command", action="append", default=[], help="a command that reproduces the model")
     sp.add_argument("--models-dir", help="where to publish (default: $SCRATCHLM_MODELS_DIR, else models/)")
@@ -58,8 +59,10 @@ def cmd_publish(args, extra=None) -> int:
         if args.command:
             sections.append(("Reproduce", "```bash\n" + "\n".join(args.command) + "\n```"))
         root = Path(args.models_dir) if args.models_dir else models_dirs()[0]
+        # the card's scores, machine-readable too: tests/test_published_models.py re-scores every published model
         folder = publish(source, args.name, root, dtype=args.dtype, sections=sections, overwrite=args.overwrite,
-                         max_bytes=int(args.max_mb * 1e6) if args.max_mb else None, extra_files=extra_files)
+                         max_bytes=int(args.max_mb * 1e6) if args.max_mb else None, extra_files=extra_files,
+                         extra_config={"scores": scores} if scores else None)
     size = (folder / "model.safetensors").stat().st_size
     print(f"published {folder} ({size / 1e6:.1f} MB {args.dtype}); load it with --model {args.name} or "
           f"scratchlm.load({args.name!r})")
