@@ -80,3 +80,18 @@ def test_decode_layout_benchmark_runs_every_layout(capsys):
         assert line in out
     cfg = mod.ModelConfig(**mod.PRESETS["1m"])  # fused shapes hold the same weights as the separate ones
     assert sum(o * i for o, i in mod.shapes(cfg, True)) == sum(o * i for o, i in mod.shapes(cfg, False))
+
+
+def test_decode_batch_table(tiny_lm_dir, tmp_path, capsys, monkeypatch):
+    from scratchlm.infer.quantize import quantize_folder
+
+    quantize_folder(tiny_lm_dir, tmp_path / "int8")
+    spec = importlib.util.spec_from_file_location("bench_decode_batch", REPO / "benchmarks" / "decode_batch.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setenv("SCRATCHLM_DECODE_ENGINE", "auto")  # the script sets it for its own process
+    assert mod.main(["--model", str(tiny_lm_dir), "--int8", str(tmp_path / "int8"), "--batches", "1,3",
+                     "--new-tokens", "4", "--repeat", "1", "--threads", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |") or
+            line.startswith("| 3 |")]
+    assert len(rows) == 2 and all(line.endswith("x |") for line in rows)
