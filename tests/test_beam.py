@@ -311,3 +311,44 @@ def test_bad_prompts(model):
         beam_search(model, [[1], []], BeamConfig(), pad_id=PAD, eos_id=2)
     with pytest.raises(ValueError, match="outside"):
         beam_search(model, [[1, V]], BeamConfig(), pad_id=PAD, eos_id=2)
+
+
+@pytest.mark.parametrize("with_copy", [False, True])
+def test_anti_lm_decoding_subtracts_the_source_free_model_for_the_first_tokens(with_copy):
+    """Greedy MMI-antiLM: each of the first anti_lm_tokens tokens is the argmax of log p(y|prompt) -
+    w * log p(y|prompt without its source), both from a full forward pass; later tokens follow p(y|prompt)."""
+    torch.manual_seed(1)
+    m = Transformer(CFG).eval()
+    if with_copy:
+        m.add_copy_head(8)
+        m.eval()
+    w, n, start = 0.5, 2, 1  # prompts: [1] is the prefix, the last token plays <|sep|>
+
+    def logp(seq, prompt):
+        with torch.no_grad():
+            h = m(torch.tensor([seq]))[0, -1:]
+            logits = m.lm_head(h)
+            if not with_copy:
+                return logits[0].log_softmax(-1)
+            full = m(torch.tensor([seq]))[0]
+            src = torch.zeros(len(seq), dtype=torch.bool)
+            src[start:len(prompt) - 1] = True
+            return m.copy_head.log_mixture(h, logits, m.copy_head.keys(full)[None], torch.tensor([seq]), src[None])[0]
+
+    cfg = BeamConfig(num_beams=1, max_new_tokens=5, anti_lm_weight=w, anti_lm_tokens=n)
+    outs = beam_search(m, PROMPTS, cfg, pad_id=PAD, eos_id=V - 1, source_starts=[start] * len(PROMPTS))
+    plain = beam_search(m, PROMPTS, BeamConfig(num_beams=1, max_new_tokens=5), pad_id=PAD, eos_id=V - 1,
+                        source_starts=[start] * len(PROMPTS))
+    assert outs != plain  # the term changes something on these prompts
+    for p, hyp in zip(PROMPTS, outs):
+        bare = p[:start] + p[-1:]
+        seq, out = list(p), []
+        for i, tok in enumerate(hyp[0].tokens):
+            score = logp(seq, p)
+            if i < n:
+                score = score - w * logp(bare + out, bare)
+            assert int(score.argmax()) == tok
+            seq.append(tok)
+            out.append(tok)
+    with pytest.raises(ValueError, match="anti_lm_weight"):
+        BeamConfig(anti_lm_weight=1.5).validate()

@@ -96,3 +96,34 @@ def test_cli_publish_of_a_checkpoint_describes_that_checkpoint(prepared, tmp_pat
     assert proc.returncode == 0, proc.stderr
     card = (tmp_path / "models" / "early" / "README.md").read_text()
     assert "| optimizer steps | 2 " in card and "loss_curve.png" in card, card  # step 2, not the latest (4)
+
+
+def test_publish_int8_folder_as_is_and_refuse_a_dtype_mismatch(task_folders, tmp_path, monkeypatch):
+    from scratchlm.infer.quantize import quantize_folder
+
+    monkeypatch.setenv("SCRATCHLM_MODELS_DIR", str(tmp_path / "models"))
+    q = quantize_folder(task_folders["clf"], tmp_path / "cls-int8", "int8")
+    with pytest.raises(PublishError, match="pass dtype int8"):
+        publish(q, "cls", tmp_path / "models")
+    with pytest.raises(PublishError, match="is not int8"):
+        publish(task_folders["clf"], "cls", tmp_path / "models", dtype="int8")
+    folder = publish(q, "cls", tmp_path / "models", dtype="int8")
+    assert ckpt.load_tensors(folder).keys() == ckpt.load_tensors(q).keys()
+    a, b = load_model(q).model, load_model("cls").model
+    x = torch.randint(0, 50, (2, 12))
+    torch.testing.assert_close(a(x), b(x))
+
+
+def test_card_scores_table_flattens_task_metrics():
+    from scratchlm.export.publish import flat_scores, scores_table
+
+    cls = {"accuracy": 0.9, "f1_macro": 0.8, "label_names": ["ham", "spam"],
+           "report": {"ham": {"f1-score": 0.95}, "spam": {"f1-score": 0.7}}}
+    s2s = {"rouge": {"rouge1": 30.0, "rouge1_mean_refs": 20.0, "rouge1_precision": 1.0}, "bleu": None}
+    mt = {"bleu": {"score": 35.5, "signature": "x"}, "chrf": {"score": 30.1}}
+    assert flat_scores(cls) == {"accuracy": 0.9, "f1_macro": 0.8, "f1_ham": 0.95, "f1_spam": 0.7}
+    assert flat_scores(s2s) == {"rouge1": 30.0, "rouge1_mean_refs": 20.0}
+    assert flat_scores(mt) == {"bleu": 35.5, "chrf": 30.1}
+    table = scores_table({"sms:test": cls, "tatoeba:test": mt})
+    assert table.splitlines()[0] == "| data | accuracy | f1_macro | bleu | chrf | f1_ham | f1_spam |"
+    assert "| sms:test | 0.9000 | 0.8000 |  |  | 0.9500 | 0.7000 |" in table

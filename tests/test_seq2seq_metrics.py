@@ -138,3 +138,11 @@ def test_bad_inputs(fn):
         fn(["a"], ["a"])
     with pytest.raises(ValueError, match="not a string"):
         fn("a", [["a"]])
+
+
+def test_output_diversity_counts_the_collapse_onto_one_line():
+    from scratchlm.tasks.seq2seq_metrics import output_diversity
+
+    d = output_diversity(["California Update", "Meeting", "California Update", "Lunch"])
+    assert d == {"distinct_outputs": 3, "most_frequent_output": "California Update", "most_frequent_count": 2}
+    assert output_diversity([])["distinct_outputs"] == 0

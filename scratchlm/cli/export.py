@@ -21,7 +21,8 @@ def add_publish_parser(subparsers) -> None:
                                               "model card, sha256 manifest), loadable by name")
     sp.add_argument("--model", required=True, help="run folder, checkpoint or model folder to publish")
     sp.add_argument("--name", required=True, help="the published name (e.g. base, imdb-sentiment)")
-    sp.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights as stored (default fp32)")
+    sp.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "int8"),
+                    help="weights as stored (default fp32); int8 for a folder made by `scratchlm quantize`")
     sp.add_argument("--max-mb", type=float, help="refuse weights larger than this many MB")
     sp.add_argument("--scores", help="JSON file: DATASET:SPLIT -> metrics of the published weights (from scratchlm "
                                      "evaluate --json); in the card and in config.json, re-checked by a slow test")

@@ -29,6 +29,9 @@ def add_parsers(subparsers) -> None:
     sp.add_argument("--data", help="dataset[:split] or a file, e.g. wikitext2:test (translation/summarization "
                                    "models: default their recipe's test split)")
     sp.add_argument("--beams", type=int, default=4, help="translation/summarization: beam size (1 = greedy)")
+    sp.add_argument("--decode", action="append", default=[], metavar="KEY=VALUE",
+                    help="translation/summarization: change one of the model's decoding settings for this run, "
+                         "e.g. --decode length_penalty=1.5 --decode anti_lm_weight=0.3 (repeatable)")
     sp.add_argument("--column", default=None, help="text column")
     sp.add_argument("--label-column", default=None, help="label column (classifiers)")
     sp.add_argument("--data-dir", default=None)
@@ -112,7 +115,8 @@ def _evaluate_seq2seq(args, task: str) -> int:
 
     source, _, split = (args.data or "").partition(":")
     m = evaluate_model(args.model, source or None, split=split or "test", num_beams=args.beams,
-                       data_dir=args.data_dir, out_dir=args.out or Path(args.model) / "eval", progress=not args.json)
+                       data_dir=args.data_dir, out_dir=args.out or Path(args.model) / "eval", progress=not args.json,
+                       decode_overrides=args.decode)
     print(json.dumps(m, indent=2, ensure_ascii=False) if args.json else
           f"{m['data']} ({m['n']:,} examples, {m['direction']}, beam {m['num_beams']}): "
           f"{headline(task, m)}; {m['sentences_per_s']:.3g} sentences/s\n"

@@ -57,6 +57,10 @@ def _check_decoder(config: dict, folder: Path) -> None:
     elif "model" not in config or kind in ("gru", "lstm"):
         raise ExportError(f"{folder}/config.json: kind={kind!r}: not a decoder model, nothing to export "
                           f"as a Llama architecture")
+    if (config.get("model") or {}).get("copy_dim"):
+        raise ExportError(f"{folder}/config.json: model.copy_dim={config['model']['copy_dim']}: this decoder has a "
+                          f"copy head (pointer-generator), which the Llama architecture of HF/ONNX/GGUF does not "
+                          f"have; use it with scratchlm itself (summarize, serve, the Python API)")
 
 
 def load_source(path: str | Path, *, adapter: str | Path | None = None, lora: str | None = None) -> ExportSource:

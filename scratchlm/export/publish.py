@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from ..model import checkpoint as ckpt
 from ..tokenizer import Tokenizer
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": None}  # int8: a `scratchlm quantize` folder, as is
 
 
 class PublishError(ValueError):
@@ -47,6 +47,40 @@ def _table(header: Sequence[str], rows: list[Sequence]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# the metrics a card's score table shows, in this order (what `scratchlm evaluate --json` reports, flattened)
+CARD_METRICS = ("val_bpb", "val_loss", "accuracy", "f1_macro", "bleu", "chrf", "rouge1", "rouge2", "rougeL",
+                "rouge1_mean_refs", "rouge2_mean_refs", "rougeL_mean_refs")
+
+
+def flat_scores(metrics: dict) -> dict[str, float]:
+    """The headline numbers of a ``scratchlm evaluate --json`` result, one level deep: bits/byte and loss for
+    a language model; accuracy, macro F1 and each class's F1 (``f1_<label>``) for a classifier; BLEU/chrF
+    scores, or ROUGE F1 (best and mean over references), for a seq2seq model."""
+    out = {k: float(metrics[k]) for k in ("val_bpb", "val_loss", "accuracy", "f1_macro")
+           if isinstance(metrics.get(k), (int, float))}
+    for name in ("bleu", "chrf"):
+        if isinstance(metrics.get(name), dict) and "score" in metrics[name]:
+            out[name] = float(metrics[name]["score"])
+    rouge = metrics.get("rouge")
+    if isinstance(rouge, dict):
+        out.update({k: float(v) for k, v in rouge.items() if k.startswith("rouge") and isinstance(v, (int, float))
+                    and not k.endswith(("_precision", "_recall"))})
+    report = metrics.get("report") or {}
+    for label in metrics.get("label_names") or []:
+        if isinstance(report.get(label), dict) and "f1-score" in report[label]:
+            out[f"f1_{label}"] = float(report[label]["f1-score"])
+    return out
+
+
+def scores_table(scores: dict[str, dict]) -> str:
+    """A markdown table of ``scores`` (data -> evaluate result), one row per data set."""
+    flat = {name: flat_scores(m) for name, m in scores.items()}
+    extra = sorted({k for f in flat.values() for k in f} - set(CARD_METRICS))
+    columns = [k for k in CARD_METRICS if any(k in f for f in flat.values())] + extra
+    rows = [[name, *(f"{f[k]:.4f}" if k in f else "" for k in columns)] for name, f in flat.items()]
+    return _table(["data", *columns], rows)
 
 
 def run_sections(run: str | Path, config: dict, scores: dict[str, dict] | None = None,
@@ -97,9 +131,7 @@ def run_sections(run: str | Path, config: dict, scores: dict[str, dict] | None =
     sections.append(("Training", _table(["", ""], training)))
     scores = scores or {**report.get("validation_by_corpus", {}), **report.get("final_eval", {})}
     if scores:
-        rows = [[name, f"{m['val_bpb']:.4f}" if "val_bpb" in m else "", f"{m['val_loss']:.4f}" if "val_loss" in m
-                 else ""] for name, m in scores.items()]
-        sections.append(("Held-out scores", _table(["text", "bits per byte", "loss (nats/token)"], rows)))
+        sections.append(("Held-out scores", scores_table(scores)))
     return sections
 
 
@@ -121,8 +153,13 @@ def publish(source: str | Path, name: str, models_root: str | Path, *, dtype: st
     if target.exists() and not overwrite:
         raise PublishError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
     config = ckpt.read_config(folder)
+    if (dtype == "int8") != bool(config.get("quantization")):
+        raise PublishError(f"dtype int8 publishes a folder made by `scratchlm quantize` as it is; {folder} "
+                           + ("is one: pass dtype int8" if config.get("quantization") else "is not int8: quantize "
+                              "it first, or publish it as fp32/bf16"))
     tensors = ckpt.load_tensors(folder)
-    tensors = {k: (t.to(DTYPES[dtype]) if t.is_floating_point() else t).contiguous() for k, t in tensors.items()}
+    if DTYPES[dtype] is not None:
+        tensors = {k: (t.to(DTYPES[dtype]) if t.is_floating_point() else t).contiguous() for k, t in tensors.items()}
     config["published"] = {"name": name, "dtype": dtype, **(extra_config or {})}
     tokenizer = Tokenizer.load(folder)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -45,8 +45,9 @@ from dataclasses import dataclass
 import torch
 
 from ..model.transformer import Transformer
+from . import decode_pack
 from .decode_pack import DecodeCache
-from .generate import banned_ngram_tokens, check_prompts, eval_mode, is_int, last_logits, left_pad
+from .generate import banned_ngram_tokens, causal_padding_mask, check_prompts, eval_mode, is_int, last_logits, left_pad
 
 _NEG_INF = float("-inf")
 
@@ -61,6 +62,12 @@ class BeamConfig:
     no_repeat_ngram_size: int = 0  # > 0: never repeat an n-gram of the output
     eos_id: int | None = None  # None = the eos_id given to beam_search (the tokenizer's)
     num_return_sequences: int = 1  # hypotheses returned per prompt, best first (<= num_beams)
+    # Anti-language-model decoding (Li et al. 2016, "A Diversity-Promoting Objective", MMI-antiLM): for the
+    # first anti_lm_tokens tokens, score log p(y_t | source, y<t) - anti_lm_weight * log p(y_t | y<t), the
+    # second term from the same model given the prompt without its source. Outputs that are likely whatever the
+    # source (a frequent training subject line) lose; outputs tied to this source win. 0 = off.
+    anti_lm_weight: float = 0.0
+    anti_lm_tokens: int = 4
 
     def validate(self) -> None:
         def check(ok: bool, msg: str) -> None:
@@ -83,6 +90,10 @@ class BeamConfig:
               f"no_repeat_ngram_size must be an integer >= 0 (0 = off), got {self.no_repeat_ngram_size!r}")
         check(self.eos_id is None or (is_int(self.eos_id) and self.eos_id >= 0),
               f"eos_id must be None or an integer >= 0, got {self.eos_id!r}")
+        check(isinstance(self.anti_lm_weight, (int, float)) and not isinstance(self.anti_lm_weight, bool)
+              and 0.0 <= self.anti_lm_weight < 1.0, f"anti_lm_weight must be in [0, 1), got {self.anti_lm_weight!r}")
+        check(is_int(self.anti_lm_tokens) and self.anti_lm_tokens >= 1,
+              f"anti_lm_tokens must be an integer >= 1, got {self.anti_lm_tokens!r}")
         check(is_int(self.num_return_sequences) and self.num_return_sequences >= 1,
               f"num_return_sequences must be an integer >= 1, got {self.num_return_sequences!r}")
         check(not is_int(self.num_beams) or self.num_return_sequences <= self.num_beams,
@@ -155,8 +166,8 @@ def check_length_limits(max_length_ratio: float | None, max_length_offset: int) 
 
 @torch.inference_mode()
 def beam_search(model: Transformer, prompts: list[list[int]], cfg: BeamConfig, *, pad_id: int, eos_id: int,
-                max_length_ratio: float | None = None,
-                max_length_offset: int = 0) -> list[list[BeamHypothesis]]:
+                max_length_ratio: float | None = None, max_length_offset: int = 0,
+                source_starts: list[int] | None = None) -> list[list[BeamHypothesis]]:
     """Beam-search continuations of ``prompts`` (token id lists, e.g. ``<|bos|> source <|sep|>``).
 
     Returns, per prompt, up to ``cfg.num_return_sequences`` hypotheses sorted by score (best first); their
@@ -164,6 +175,10 @@ def beam_search(model: Transformer, prompts: list[list[int]], cfg: BeamConfig, *
     only fills padding (never attended to). ``max_length_ratio``/``max_length_offset`` limit a prompt's output
     to ``int(len(prompt) * ratio) + offset`` tokens (see the module docstring). The model runs in eval mode
     (its training flag is restored afterwards).
+
+    A model with a copy head (``model/copy.py``) scores every step by its pointer-generator mixture over the
+    prompt's source tokens: those from ``source_starts[i]`` (0 when None) to the prompt's last token, which is
+    ``<|sep|>`` and not copied.
     """
     cfg.validate()
     check_length_limits(max_length_ratio, max_length_offset)
@@ -177,35 +192,118 @@ def beam_search(model: Transformer, prompts: list[list[int]], cfg: BeamConfig, *
     check_prompts(prompts, vocab)
     limits = _row_limits(prompts, cfg, model.cfg.block_size, max_length_ratio, max_length_offset)
     with eval_mode(model):
-        hyps = _decoder_search(model, prompts, cfg, pad_id=pad_id, eos_id=eos, limits=limits)
+        hyps = _decoder_search(model, prompts, cfg, pad_id=pad_id, eos_id=eos, limits=limits,
+                               source_starts=source_starts or [0] * len(prompts))
     return [h.best(cfg.num_return_sequences) for h in hyps]
 
 
 def _decoder_search(model: Transformer, prompts: list[list[int]], cfg: BeamConfig, *, pad_id: int, eos_id: int,
-                    limits: list[int]) -> list[_Hypotheses]:
-    """Prefill the prompts once, give every prompt ``num_beams`` identical cache rows, then ``search``."""
-    B, K = len(prompts), cfg.num_beams
-    param = next(model.parameters())
-    device = param.device
-    longest = max(len(p) for p in prompts)
-    total = longest + max(limits) - 1  # the last token of an output is never fed back
-    ids, valid = left_pad(prompts, pad_id, total, device)
-    cache = DecodeCache(model, B, total, device, param.dtype)
-    logits = last_logits(model, ids[:, :longest], valid[:, :longest], 0, cache)
-    expand = torch.arange(B, device=device).repeat_interleave(K)  # row b * K + k = beam k of prompt b
-    if K > 1:
-        cache.reorder(expand)
-        logits = logits.index_select(0, expand)
-    valid = valid.index_select(0, expand)
-    length = longest  # filled columns
+                    limits: list[int], source_starts: list[int]) -> list[_Hypotheses]:
+    """Prefill the prompts once, give every prompt ``num_beams`` identical cache rows, then ``search``. With
+    ``cfg.anti_lm_weight`` a second set of rows decodes the same tokens after the prompts without their
+    source (the prefix and ``<|sep|>`` only), whose log probabilities are subtracted (see ``BeamConfig``)."""
+    K, total = cfg.num_beams, max(len(p) for p in prompts) + max(limits) - 1  # the last token is never fed back
+    rows = _Rows(model, prompts, source_starts, K, total, pad_id)
+    if not cfg.anti_lm_weight:
+        return search(rows.logits, cfg, eos_id=eos_id, pad_id=pad_id, limits=limits, step=rows.step,
+                      reorder=rows.reorder)
+    bare = _Rows(model, [p[:s] + p[-1:] for p, s in zip(prompts, source_starts)], source_starts, K, total, pad_id)
+    t = 0
+
+    def mixed(cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        # the search normalizes this again (log_softmax), and a hypothesis' logprob sums these scores
+        return cond.log_softmax(dim=-1) - cfg.anti_lm_weight * uncond.log_softmax(dim=-1)
 
     def step(tokens: torch.Tensor, live: list[bool]) -> torch.Tensor:
-        nonlocal length
-        valid[:, length] = torch.tensor(live, device=device)  # a finished prompt's rows are fed padding
-        length += 1
-        return last_logits(model, tokens.unsqueeze(1), valid[:, :length], length - 1, cache)
+        nonlocal t
+        t += 1
+        cond = rows.step(tokens, live)
+        return mixed(cond, bare.step(tokens, live)) if t < cfg.anti_lm_tokens else cond  # then bare is idle
 
-    return search(logits, cfg, eos_id=eos_id, pad_id=pad_id, limits=limits, step=step, reorder=cache.reorder)
+    def reorder(index: torch.Tensor) -> None:
+        rows.reorder(index)
+        bare.reorder(index)
+
+    return search(mixed(rows.logits, bare.logits), cfg, eos_id=eos_id, pad_id=pad_id, limits=limits, step=step,
+                  reorder=reorder)
+
+
+class _Rows:
+    """The decoder's side of a beam search: ``num_beams`` cache rows per prompt (row b * K + k = beam k of
+    prompt b), filled by one prefill; ``logits`` are the first next-token logits, ``step`` feeds one token
+    per row and returns the next ones, ``reorder`` makes row i continue old row ``index[i]``."""
+
+    def __init__(self, model: Transformer, prompts: list[list[int]], source_starts: list[int], K: int, total: int,
+                 pad_id: int) -> None:
+        param = next(model.parameters())
+        device, B = param.device, len(prompts)
+        self.model, self.device = model, device
+        longest = max(len(p) for p in prompts)
+        ids, valid = left_pad(prompts, pad_id, total, device)
+        self.cache = cache = DecodeCache(model, B, total, device, param.dtype)
+        expand = torch.arange(B, device=device).repeat_interleave(K)
+        self.copy = None
+        if getattr(model, "copy_head", None) is None:
+            logits = last_logits(model, ids[:, :longest], valid[:, :longest], 0, cache)
+        else:
+            cache.engine = None  # the native engine returns logits only; the copy head needs the hidden states
+            self.copy = _CopySource(model, prompts, source_starts, ids[:, :longest], valid[:, :longest], cache)
+            logits = self.copy.prefill_logits
+            self.copy.expand(expand)
+        if K > 1:
+            cache.reorder(expand)
+            logits = logits.index_select(0, expand)
+        self.logits = logits
+        self.valid = valid.index_select(0, expand)
+        self.length = longest  # filled columns
+
+    def step(self, tokens: torch.Tensor, live: list[bool]) -> torch.Tensor:
+        self.valid[:, self.length] = torch.tensor(live, device=self.device)  # finished prompts are fed padding
+        self.length += 1
+        valid = self.valid[:, :self.length]
+        if self.copy is not None:
+            return self.copy.step(tokens.unsqueeze(1), valid, self.length - 1)
+        return last_logits(self.model, tokens.unsqueeze(1), valid, self.length - 1, self.cache)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.cache.reorder(index)
+
+
+def _hidden(model: Transformer, ids: torch.Tensor, valid: torch.Tensor, start: int, cache: DecodeCache) -> torch.Tensor:
+    """Final hidden states of the columns ``start..`` of left-padded rows (``last_logits`` without the head)."""
+    end = valid.size(1)
+    positions = (valid.cumsum(dim=1) - 1).clamp(min=0)[:, start:end]
+    hidden = decode_pack.forward(model, ids, position_ids=positions, mask=causal_padding_mask(valid, start),
+                                 cache=cache)
+    cache.pos = end
+    return hidden
+
+
+class _CopySource:
+    """What a copy model's decoding keeps of its prompts: the copy keys of their source tokens, their ids and
+    which columns are source. Beams never move between prompts, so ``expand`` is the only reordering needed."""
+
+    def __init__(self, model: Transformer, prompts: list[list[int]], starts: list[int], ids: torch.Tensor,
+                 valid: torch.Tensor, cache: DecodeCache) -> None:
+        self.model, self.cache = model, cache
+        head = model.copy_head
+        hidden = _hidden(model, ids, valid, 0, cache)
+        L = ids.shape[1]
+        self.mask = torch.zeros_like(valid)
+        for r, (p, s) in enumerate(zip(prompts, starts)):
+            self.mask[r, L - len(p) + s:L - 1] = True  # left-padded: the prompt ends at column L - 1 (<|sep|>)
+        self.keys, self.ids = head.keys(hidden), ids
+        self.prefill_logits = self._mixture(hidden[:, -1])
+
+    def _mixture(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = decode_pack.logits(self.model, hidden, self.cache).float()
+        return self.model.copy_head.log_mixture(hidden, logits, self.keys, self.ids, self.mask)
+
+    def expand(self, index: torch.Tensor) -> None:
+        self.keys, self.ids, self.mask = (t.index_select(0, index) for t in (self.keys, self.ids, self.mask))
+
+    def step(self, tokens: torch.Tensor, valid: torch.Tensor, start: int) -> torch.Tensor:
+        return self._mixture(_hidden(self.model, tokens, valid, start, self.cache)[:, -1])
 
 
 def search(logits: torch.Tensor, cfg: BeamConfig, *, eos_id: int, pad_id: int, limits: list[int],

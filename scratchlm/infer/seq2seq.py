@@ -26,13 +26,18 @@ class DecodeConfig:
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     max_new_tokens: int = 64
+    min_new_tokens: int = 0  # eos forbidden before this many tokens (a too short subject line scores low)
     max_length_ratio: float | None = 2.0  # per example: at most ratio x source tokens + offset new tokens
     max_length_offset: int = 10
     batch_size: int = 32
+    anti_lm_weight: float = 0.0  # decoders only: MMI-antiLM decoding against generic outputs (BeamConfig)
+    anti_lm_tokens: int = 4
 
     def beam(self, num_beams: int | None = None) -> BeamConfig:
         cfg = BeamConfig(num_beams=num_beams or self.num_beams, max_new_tokens=self.max_new_tokens,
-                         length_penalty=self.length_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size)
+                         min_new_tokens=self.min_new_tokens,
+                         length_penalty=self.length_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size,
+                         anti_lm_weight=self.anti_lm_weight, anti_lm_tokens=self.anti_lm_tokens)
         cfg.validate()
         return cfg
 
@@ -76,7 +81,8 @@ class Seq2SeqModel(LoadedModel):
         examples, report = encode_pairs(self.tokenizer, sources, None, prefix, block_size=block,
                                         max_target_tokens=self.config["max_target_tokens"],
                                         head_fraction=self.config.get("source_head_fraction", 1.0),
-                                        max_source_tokens=self.config.get("max_source_tokens"))
+                                        max_source_tokens=self.config.get("max_source_tokens"),
+                                        prefix_space=self.config.get("prefix_space", False))
         if report.dropped_empty:
             raise ValueError(f"{report.dropped_empty} empty source line(s), first at line {report.dropped[0] + 1}")
         return [e.prompt for e in examples], report.source_truncated
@@ -131,7 +137,11 @@ class Seq2SeqModel(LoadedModel):
         tok = self.tokenizer
         if not isinstance(self.model, Seq2SeqRNN):
             return beam_search(self.model, prompts, cfg, pad_id=tok.pad_id, eos_id=tok.eos_id,
-                               max_length_ratio=decode.max_length_ratio, max_length_offset=decode.max_length_offset)
+                               max_length_ratio=decode.max_length_ratio, max_length_offset=decode.max_length_offset,
+                               source_starts=[len(self.prefix)] * len(prompts))
+        if cfg.anti_lm_weight:
+            raise ValueError("anti_lm_weight is for decoder models; the recurrent encoder-decoder has no "
+                             "source-free language model to subtract")
         # the encoder reads the bare source (no prefix, no <|sep|>)
         n = len(self.prefix)
         src = [p[n:-1] for p in prompts]

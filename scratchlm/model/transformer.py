@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .copy import CopyHead
+
 
 @dataclass
 class ModelConfig:
@@ -31,6 +33,7 @@ class ModelConfig:
     attn_dropout: float = 0.0  # on attention probabilities; > 0 moves SDPA off its fused CPU kernel
     tie_embeddings: bool = True
     init_std: float = 0.02
+    copy_dim: int = 0  # > 0: a pointer-generator copy head of this width (seq2seq decoders, model/copy.py)
     extra: dict = field(default_factory=dict)  # free-form metadata, carried into config.json
 
     def __post_init__(self) -> None:
@@ -50,6 +53,8 @@ class ModelConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.copy_dim < 0:
+            raise ValueError(f"model.copy_dim must be >= 0 (0 = no copy head), got {self.copy_dim}")
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -207,6 +212,17 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
+        # made after the init above, which would overwrite the copy gate's bias
+        self.copy_head = CopyHead(cfg.n_embd, cfg.copy_dim) if cfg.copy_dim else None
+
+    def add_copy_head(self, dim: int) -> None:
+        """Give a (pretrained) decoder a fresh copy head of width ``dim``, recorded in its config."""
+        if self.copy_head is not None:
+            raise ValueError(f"the model already has a copy head (copy_dim {self.cfg.copy_dim})")
+        self.cfg.copy_dim = dim
+        self.cfg.validate()
+        ref = self.embed.weight
+        self.copy_head = CopyHead(self.cfg.n_embd, dim).to(device=ref.device, dtype=ref.dtype)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):

@@ -22,15 +22,15 @@ import torch
 from .. import __version__
 from ..baselines.lead import lead
 from ..baselines.seq2seq_rnn import Seq2SeqRNN, Seq2SeqRNNConfig
-from ..config import ConfigError, from_dict, to_dict
+from ..config import ConfigError, apply_overrides, from_dict, parse_override, to_dict
 from ..data.errors import LeakageError
 from ..data.labeled import pretraining_corpora
 from ..data.parallel import ParallelData, ParallelSplit, Seq2SeqDataConfig, load_parallel
 from ..infer.seq2seq import DecodeConfig, Seq2SeqModel, direction, load_seq2seq
 from ..model.folder import LoadedModel, load_decoder
 from ..model.transformer import Transformer
-from ..tasks.seq2seq import Example, Seq2SeqRNNTask, Seq2SeqTask, encode_pairs, prompt_prefix
-from ..tasks.seq2seq_metrics import bleu, chrf, rouge
+from ..tasks.seq2seq import Example, Seq2SeqRNNTask, Seq2SeqTask, encode_pairs, prompt_prefix, with_prefix_space
+from ..tasks.seq2seq_metrics import bleu, chrf, output_diversity, rouge
 from ..tokenizer import Tokenizer
 from ..train.config import TrainConfig
 from .base import (
@@ -64,12 +64,23 @@ class Seq2SeqConfig(StageConfig):
     # RNN baselines: where the output depends on the source's beginning (an e-mail's subject line) a long
     # tail costs compute and teaches little. None: only the context length cuts.
     max_source_tokens: int | None = None
+    # > 0: a pointer-generator copy head of this width on the decoder (model/copy.py): each output token mixes
+    # the vocabulary distribution with attention over the source tokens, so a summary can take the e-mail's
+    # own words. 0: no copy head.
+    copy_dim: int = 0
     packing: bool = True
     pack_length: int | None = None  # packed row length (None: the model's block_size); 128 suits short pairs
     lead_sentences: int = 1  # the lead baseline (summarize): the first N sentences of the source
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     rnn: Seq2SeqRNNConfig = field(default_factory=Seq2SeqRNNConfig)  # kind gru / lstm (cell follows kind)
     eval_greedy: bool = True  # also decode the test set greedily (beside beam search)
+    # Which split the report decodes and scores: "validation" for pilots and decoding choices, so the test set
+    # is read once, at the end (the report then says validation everywhere it would say test).
+    report_split: Literal["test", "validation"] = "test"
+    # Encode every source and target with a leading space, so a word has the same tokens at the start of a
+    # target as inside the source (byte-level BPE gives "Enron" and " Enron" different tokens): what a copy
+    # head needs to copy a subject's first word. Saved with the model; decoding applies it too.
+    prefix_space: bool = False
     train: TrainConfig = field(default_factory=_default_train)
 
     def validate(self) -> None:
@@ -104,7 +115,7 @@ def encode_examples(tok: Tokenizer, split: ParallelSplit, prefix: list[int], cfg
                     ) -> tuple[list[Example], dict]:
     exs, rep = encode_pairs(tok, split.sources, split.targets, prefix, block_size=block,
                             max_target_tokens=cfg.max_target_tokens, head_fraction=cfg.source_head_fraction,
-                            max_source_tokens=cfg.max_source_tokens)
+                            max_source_tokens=cfg.max_source_tokens, prefix_space=cfg.prefix_space)
     return exs, {"examples": rep.examples, "source_truncated": rep.source_truncated,
                  "target_truncated": rep.target_truncated, "dropped_empty": rep.dropped_empty}
 
@@ -131,12 +142,13 @@ def folder_config(cfg: Seq2SeqConfig, model: torch.nn.Module, tok: Tokenizer, da
                    "model": to_dict(model.cfg)}
     return {"task": cfg.task, **network, "src_lang": data.src_lang, "tgt_lang": data.tgt_lang,
             "max_target_tokens": cfg.max_target_tokens, "source_head_fraction": cfg.source_head_fraction,
-            "max_source_tokens": cfg.max_source_tokens, "decode": to_dict(cfg.decode), "recipe": to_dict(cfg)}
+            "max_source_tokens": cfg.max_source_tokens, "prefix_space": cfg.prefix_space,
+            "decode": to_dict(cfg.decode), "recipe": to_dict(cfg)}
 
 
 def report_seq2seq(cfg: Seq2SeqConfig, out: Path, data: ParallelData, predict, info: dict, log) -> dict:
     """Decode the test split (greedy, then beam search), score it, write the predictions and report.json."""
-    test = data.test
+    test = data.val if cfg.report_split == "validation" else data.test
     refs = test.references
     report = {**report_header(cfg.task, cfg.data.dataset, cfg.name, cfg.kind),
               "direction": direction(data.src_lang, data.tgt_lang), **info, "data": data.summary(),
@@ -150,6 +162,7 @@ def report_seq2seq(cfg: Seq2SeqConfig, out: Path, data: ParallelData, predict, i
         preds[mode] = predict(test.sources, beams)
         seconds = time.perf_counter() - t0
         report["test"][mode] = {**score(cfg.task, data.tgt_lang, preds[mode], refs), "num_beams": beams,
+                                **output_diversity(preds[mode]),
                                 "sentences_per_s": len(test) / seconds, "seconds": round(seconds, 1)}
         log(f"{cfg.name} {mode} ({beams} beam{'s' if beams > 1 else ''}): "
             f"{headline(cfg.task, report['test'][mode])} on {len(test):,} {test.name} examples, "
@@ -224,6 +237,9 @@ def run(cfg: Seq2SeqConfig, log=print) -> dict:
         model = Transformer(model.cfg)
     if cfg.dropout is not None:
         model.set_dropout(cfg.dropout)
+    if cfg.copy_dim and model.copy_head is None:
+        torch.manual_seed(cfg.train.seed)
+        model.add_copy_head(cfg.copy_dim)
     task = make_task(cfg, model, tok, data, model.cfg.block_size, log, pack_length=cfg.pack_length)
     global_batch_size = global_batch(cfg.train)
     set_max_steps(cfg.train, cfg.epochs, task.rows_per_epoch(), global_batch_size)
@@ -231,7 +247,8 @@ def run(cfg: Seq2SeqConfig, log=print) -> dict:
     log(f"model: decoder, {n_params / 1e6:.2f}M parameters; {task.rows_per_epoch():,} "
         f"{'packed ' if cfg.packing else ''}rows per epoch; {cfg.train.max_steps} steps of {global_batch_size} rows")
     run_config = {**folder_config(cfg, model, tok, data), "backbone": _lineage(pretrained)}
-    info = {"description": f"decoder ({cfg.init_weights}), packed seq2seq fine-tuning, loss on targets only",
+    copy = f", copy head ({cfg.copy_dim})" if model.copy_head is not None else ""
+    info = {"description": f"decoder ({cfg.init_weights}){copy}, packed seq2seq fine-tuning, loss on targets only",
             "parameters": n_params, "trainable_parameters": count_parameters(model, trainable=True),
             "train_examples": len(task.train)}
     return fit_and_report(cfg.train, task, run_config=run_config, tokenizer=tok, info=info,
@@ -254,7 +271,10 @@ def _run_rnn(cfg: Seq2SeqConfig, out: Path, data: ParallelData, tok: Tokenizer, 
     rnn.validate()
 
     def pairs(split: ParallelSplit) -> list[tuple[list[int], list[int]]]:
-        src, tgt = tok.encode_batch(split.sources), tok.encode_batch(split.targets)
+        sources, targets = split.sources, split.targets
+        if cfg.prefix_space:  # as the decoder's examples, and as decoding will encode the sources
+            sources, targets = with_prefix_space(sources), with_prefix_space(targets)
+        src, tgt = tok.encode_batch(sources), tok.encode_batch(targets)
         return [(s[:rnn.max_source_len], t[:cfg.max_target_tokens]) for s, t in zip(src, tgt) if s and t]
 
     torch.manual_seed(cfg.train.seed)
@@ -274,9 +294,12 @@ def _run_rnn(cfg: Seq2SeqConfig, out: Path, data: ParallelData, tok: Tokenizer, 
 
 
 def evaluate_model(model_dir: str | Path, data: str | None = None, *, split: str = "test", num_beams: int = 4,
-                   data_dir: str | None = None, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+                   data_dir: str | None = None, out_dir: str | Path | None = None, progress: bool = True,
+                   decode_overrides: list[str] = ()) -> dict:
     """BLEU/chrF or ROUGE of a saved model on its recipe's test split (the same seeded split it was trained
-    around), or on ``data`` (a dataset name or a jsonl/csv/parquet file with source/target columns)."""
+    around), or on ``data`` (a dataset name or a jsonl/csv/parquet file with source/target columns).
+    ``decode_overrides``: ``key=value`` changes to the model's decoding settings (``DecodeConfig``), e.g. to
+    choose them on the validation split."""
     loaded = load_seq2seq(model_dir)
     recipe = loaded.config.get("recipe", {}).get("data", {})
     data_cfg = from_dict(Seq2SeqDataConfig, {**recipe, **({"dataset": data} if data else {}),
@@ -285,17 +308,20 @@ def evaluate_model(model_dir: str | Path, data: str | None = None, *, split: str
     part = {"test": pdata.test, "validation": pdata.val, "train": pdata.train}.get(split)
     if part is None:
         raise ValueError(f"split must be test, validation or train, got {split!r}")
-    decode = DecodeConfig(**loaded.config.get("decode", {}))
+    decode = from_dict(DecodeConfig, apply_overrides(loaded.config.get("decode", {}),
+                                                     [parse_override(x) for x in decode_overrides]), "decode")
     t0 = time.perf_counter()
     hyps = loaded.generate(part.sources, decode, num_beams=num_beams, progress=progress)
     seconds = time.perf_counter() - t0
     out = {"model": str(loaded.folder), "data": part.name, "n": len(part), "num_beams": num_beams,
+           "decode": to_dict(decode),
            "direction": direction(pdata.src_lang, pdata.tgt_lang), "sentences_per_s": len(part) / seconds,
-           **score(loaded.task, pdata.tgt_lang, hyps, part.references)}
+           **score(loaded.task, pdata.tgt_lang, hyps, part.references), **output_diversity(hyps)}
     if out_dir:
         folder = Path(out_dir)
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"eval_{Path(data_cfg.dataset).stem or 'files'}_{split}_beam{num_beams}"
+        stem += "".join(f"_{x.replace('=', '-')}" for x in decode_overrides)
         (folder / f"{stem}.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", "utf-8")
         with open(folder / f"{stem}.predictions.jsonl", "w", encoding="utf-8") as f:
             for src, refs, hyp in zip(part.sources, part.references, hyps):

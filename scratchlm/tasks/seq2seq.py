@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .classify import LengthGroupedBatches, truncate_head_tail
 
@@ -43,6 +42,7 @@ def prompt_prefix(tokenizer, task: str, src_lang: str | None = None, tgt_lang: s
 class Example:
     prompt: list[int]  # prefix + source + <|sep|>
     target: list[int]  # target + <|eos|>
+    source_start: int = 0  # where the source begins in the prompt (after the prefix): what a copy head may copy
 
     def __len__(self) -> int:
         return len(self.prompt) + len(self.target)
@@ -61,16 +61,27 @@ class EncodeReport:
                 f"{self.target_truncated:,}; empty pairs dropped: {self.dropped_empty:,}")
 
 
+def with_prefix_space(texts: Sequence[str]) -> list[str]:
+    """Each text with exactly one leading space (a blank text becomes empty)."""
+    return [" " + t.lstrip() if t.strip() else "" for t in texts]
+
+
 def encode_pairs(tokenizer, sources: Sequence[str], targets: Sequence[str] | None, prefix: list[int], *,
                  block_size: int, max_target_tokens: int, head_fraction: float = 1.0,
-                 max_source_tokens: int | None = None) -> tuple[list[Example], EncodeReport]:
+                 max_source_tokens: int | None = None,
+                 prefix_space: bool = False) -> tuple[list[Example], EncodeReport]:
     """Token examples; a source too long for the context (or longer than ``max_source_tokens``) keeps its
     head (``head_fraction`` of the room; 1.0 = the beginning only) and tail, a target longer than
-    ``max_target_tokens`` is cut (and counted)."""
+    ``max_target_tokens`` is cut (and counted). ``prefix_space``: encode both sides with one leading space
+    (a blank side stays empty, and is dropped as such)."""
     sep, eos = tokenizer.sep_id, tokenizer.eos_id
     report = EncodeReport()
-    src_ids = tokenizer.encode_batch(list(sources))
-    tgt_ids = tokenizer.encode_batch(list(targets)) if targets is not None else [[] for _ in sources]
+
+    def encode(texts: Sequence[str]) -> list[list[int]]:
+        return tokenizer.encode_batch(with_prefix_space(texts) if prefix_space else list(texts))
+
+    src_ids = encode(sources)
+    tgt_ids = encode(targets) if targets is not None else [[] for _ in sources]
     out = []
     for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
         if not s or (targets is not None and not t):
@@ -89,7 +100,7 @@ def encode_pairs(tokenizer, sources: Sequence[str], targets: Sequence[str] | Non
         if len(s) > room:
             s = truncate_head_tail(s, room, head_fraction)
             report.source_truncated += 1
-        out.append(Example([*prefix, *s, sep], [*t, eos] if targets is not None else []))
+        out.append(Example([*prefix, *s, sep], [*t, eos] if targets is not None else [], len(prefix)))
     report.examples = len(out)
     return out, report
 
@@ -130,13 +141,16 @@ def pack(lengths: np.ndarray, order: np.ndarray, block_size: int) -> list[list[i
 
 def packed_batch(examples: Sequence[Example], rows: Sequence[Sequence[int]], block_size: int, pad_id: int,
                  pad_to: int | None = None) -> dict[str, torch.Tensor]:
-    """idx/targets/position_ids (B, T) and a block-diagonal causal mask (B, 1, T, T) for packed rows."""
+    """idx/targets/position_ids (B, T) and a block-diagonal causal mask (B, 1, T, T) for packed rows, with
+    segment (B, T), the example of each position within its row (-1: padding), and source (B, T), True at
+    the source tokens (what a copy head may copy)."""
     T = pad_to or max(sum(len(examples[i]) - 1 for i in row) for row in rows)
     B = len(rows)
     idx = np.full((B, T), pad_id, dtype=np.int64)
     tgt = np.full((B, T), -100, dtype=np.int64)
     pos = np.zeros((B, T), dtype=np.int64)
     seg = np.full((B, T), -1, dtype=np.int64)
+    src = np.zeros((B, T), dtype=bool)
     for b, row in enumerate(rows):
         at = 0
         for k, i in enumerate(row):
@@ -145,6 +159,8 @@ def packed_batch(examples: Sequence[Example], rows: Sequence[Sequence[int]], blo
             idx[b, at:at + n], tgt[b, at:at + n] = x, y
             pos[b, at:at + n] = np.arange(n)
             seg[b, at:at + n] = k
+            ex = examples[i]
+            src[b, at + ex.source_start:at + len(ex.prompt) - 1] = True
             at += n
     seg_t = torch.from_numpy(seg)
     same = seg_t[:, :, None] == seg_t[:, None, :]
@@ -152,11 +168,12 @@ def packed_batch(examples: Sequence[Example], rows: Sequence[Sequence[int]], blo
     eye = torch.eye(T, dtype=torch.bool)
     mask = (same & causal & (seg_t[:, :, None] >= 0)) | eye  # pads see only themselves (no empty rows)
     return {"idx": torch.from_numpy(idx), "targets": torch.from_numpy(tgt), "position_ids": torch.from_numpy(pos),
-            "mask": mask.unsqueeze(1)}
+            "mask": mask.unsqueeze(1), "segment": seg_t, "source": torch.from_numpy(src)}
 
 
 class Seq2SeqLoss(nn.Module):
-    """forward(batch) -> (summed next-token loss over target tokens, number of target tokens)."""
+    """forward(batch) -> (summed next-token loss over target tokens, number of target tokens). A model with a
+    copy head is scored on its pointer-generator mixture (``model/copy.py``)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -165,7 +182,14 @@ class Seq2SeqLoss(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         targets = batch["targets"]
         kw = {k: batch[k] for k in ("position_ids", "mask") if k in batch}
-        loss = self.model.loss(batch["idx"], targets, reduction="sum", only_targets=True, **kw)
+        copy_head = getattr(self.model, "copy_head", None)
+        if copy_head is None:
+            loss = self.model.loss(batch["idx"], targets, reduction="sum", only_targets=True, **kw)
+        else:
+            hidden = self.model(batch["idx"], **kw)
+            lp = copy_head.target_log_probs(hidden, self.model.lm_head, batch["idx"], targets, batch["source"],
+                                            batch["segment"])
+            loss = -lp.sum()
         return loss, (targets != -100).sum()
 
 
@@ -256,14 +280,14 @@ class Seq2SeqTask:
         n = len(self.val) if not max_batches else min(len(self.val), max_batches * self.eval_batch_size)
         order = np.argsort([-len(e) for e in self.val[:n]], kind="stable")
         total, count = 0.0, 0
+        loss_of = Seq2SeqLoss(model)
         for lo in range(0, n, self.eval_batch_size):
             rows = [[int(i)] for i in order[lo:lo + self.eval_batch_size]]
             b = packed_batch(self.val, rows, self.block_size, self.pad_id)
-            logits = model.logits(b["idx"].to(device)).float()
-            t = b["targets"].to(device)
-            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), t.reshape(-1), ignore_index=-100,
-                                     reduction="sum").item()
-            count += int((t != -100).sum())
+            # one example per row, right-padded: plain causal attention is exact
+            s, c = loss_of({k: b[k].to(device) for k in ("idx", "targets", "source", "segment")})
+            total += float(s)
+            count += int(c)
         loss = total / max(count, 1)
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50))}
 

@@ -148,3 +148,15 @@ def rouge(hyps: Sequence[str], refs_list: Sequence[Sequence[str]], lang: str = "
     out["tokenizer"] = "chars (CJK kept)" if lang == "zh" else "rouge-score default + Porter stemmer"
     out["n"] = len(hyps)
     return out
+
+
+def output_diversity(hyps: Sequence[str]) -> dict:
+    """How much the outputs collapse onto a few frequent lines (a summarizer writing the same training subject
+    for every e-mail scores a few ROUGE points and says nothing): the number of distinct outputs and the most
+    frequent one with its count."""
+    from collections import Counter
+
+    if not hyps:
+        return {"distinct_outputs": 0, "most_frequent_output": "", "most_frequent_count": 0}
+    text, count = Counter(hyps).most_common(1)[0]
+    return {"distinct_outputs": len(set(hyps)), "most_frequent_output": text, "most_frequent_count": count}
