@@ -188,3 +188,20 @@ def test_max_source_tokens_cuts_every_source_to_its_head(prepared):
     assert len(full[0].prompt) > 6 and rep.source_truncated == 1
     assert cut[0].prompt == full[0].prompt[:5] + [tok.sep_id]  # bos + the first 4 source tokens + sep
     assert cut[1].prompt == full[1].prompt and cut[0].target == full[0].target
+
+
+def test_prefix_space_gives_a_targets_first_word_its_tokens_in_the_source(prepared):
+    """Byte-level BPE encodes a text's first word without the leading space it has inside a text; with
+    ``prefix_space`` a subject's first word has the tokens it has in the e-mail, so a copy head can copy it.
+    Blank sides stay blank (and are dropped); the copyable source span starts after the prefix."""
+    tok = prepared.tokenizer
+    prefix = [tok.bos_id]
+    src, tgt = ["Please send the king his letters"], ["king letters"]
+    plain, _ = encode_pairs(tok, src, tgt, prefix, block_size=64, max_target_tokens=8)
+    spaced, rep = encode_pairs(tok, src + ["  "], tgt + ["x"], prefix, block_size=64, max_target_tokens=8,
+                               prefix_space=True)
+    king = tok.encode(" king")
+    assert plain[0].target[:len(king)] != king and spaced[0].target[:len(king)] == king
+    body = spaced[0].prompt[spaced[0].source_start:-1]
+    assert any(body[i:i + len(king)] == king for i in range(len(body)))
+    assert rep.dropped_empty == 1 and spaced[0].source_start == 1
