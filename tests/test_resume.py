@@ -184,3 +184,15 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path, cli_env, reference):
     proc = run_cli(out, *RUN, "train.resume=true", env=cli_env)
     assert "resumed from" in proc.stdout + proc.stderr
     assert_identical(final_state(out), reference)
+
+
+def test_resume_accepts_a_checkpoint_saved_before_a_model_field_existed():
+    """Bug: adding ``copy_dim`` (default 0) to the model config made every older checkpoint, whose config
+    lacks it, refuse to resume ("copy_dim: None != 0"). Fields at their defaults no longer count."""
+    from scratchlm.train.trainer import without_defaults
+
+    old = {"n_layer": 6, "n_embd": 256, "dropout": 0.0}
+    new = {**old, "copy_dim": 0}
+    assert without_defaults(old) == without_defaults(new)
+    assert without_defaults(old) != without_defaults({**old, "copy_dim": 64})
+    assert without_defaults({**old, "n_layer": 7}) != without_defaults(new)

@@ -186,9 +186,11 @@ class Trainer:
         folder, state, tensors, opt_state = self._newest_good_checkpoint(folder)
         saved = ckpt.read_config(folder)
         saved_model, current_model = saved.get("model"), self.run_config.get("model")
-        if saved_model is not None and current_model is not None and saved_model != current_model:
-            raise ckpt.CheckpointError(f"cannot resume from {folder}: its model config differs from this "
-                                       f"run's ({_dict_diff(saved_model, current_model)})")
+        if saved_model is not None and current_model is not None:
+            saved_model, current_model = without_defaults(saved_model), without_defaults(current_model)
+            if saved_model != current_model:
+                raise ckpt.CheckpointError(f"cannot resume from {folder}: its model config differs from this "
+                                           f"run's ({_dict_diff(saved_model, current_model)})")
         for key in ("kind", "label_names", "rnn"):  # a task model's head must fit the data it resumes on
             if key in saved and key in self.run_config and saved[key] != self.run_config[key]:
                 raise ckpt.CheckpointError(f"cannot resume from {folder}: its {key} {saved[key]!r} differs from "
@@ -633,6 +635,17 @@ def _count(batch: dict) -> int:
     if "targets" in batch:
         return int((batch["targets"] != -100).sum().item())
     raise KeyError("a batch must carry 'count' or 'targets' so the loop can weigh it")
+
+
+def without_defaults(model_config: dict) -> dict:
+    """A saved decoder config without the fields at their defaults: a checkpoint written before a field
+    existed (it lacks ``copy_dim``) then compares equal to a run that has the field at its default."""
+    from dataclasses import MISSING, fields
+
+    from ..model.transformer import ModelConfig
+
+    defaults = {f.name: f.default for f in fields(ModelConfig) if f.default is not MISSING}
+    return {k: v for k, v in model_config.items() if not (k in defaults and v == defaults[k])}
 
 
 def _dict_diff(a: dict, b: dict) -> str:
