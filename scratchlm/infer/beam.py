@@ -47,7 +47,7 @@ import torch
 from ..model.transformer import Transformer
 from . import decode_pack
 from .decode_pack import DecodeCache
-from .generate import banned_ngram_tokens, causal_padding_mask, check_prompts, eval_mode, is_int, last_logits, left_pad
+from .generate import banned_ngram_tokens, check_prompts, eval_mode, is_int, last_logits, left_pad, padded_hidden
 
 _NEG_INF = float("-inf")
 
@@ -269,16 +269,6 @@ class _Rows:
         self.cache.reorder(index)
 
 
-def _hidden(model: Transformer, ids: torch.Tensor, valid: torch.Tensor, start: int, cache: DecodeCache) -> torch.Tensor:
-    """Final hidden states of the columns ``start..`` of left-padded rows (``last_logits`` without the head)."""
-    end = valid.size(1)
-    positions = (valid.cumsum(dim=1) - 1).clamp(min=0)[:, start:end]
-    hidden = decode_pack.forward(model, ids, position_ids=positions, mask=causal_padding_mask(valid, start),
-                                 cache=cache)
-    cache.pos = end
-    return hidden
-
-
 class _CopySource:
     """What a copy model's decoding keeps of its prompts: the copy keys of their source tokens, their ids and
     which columns are source. Beams never move between prompts, so ``expand`` is the only reordering needed."""
@@ -287,7 +277,7 @@ class _CopySource:
                  valid: torch.Tensor, cache: DecodeCache) -> None:
         self.model, self.cache = model, cache
         head = model.copy_head
-        hidden = _hidden(model, ids, valid, 0, cache)
+        hidden = padded_hidden(model, ids, valid, 0, cache)
         L = ids.shape[1]
         self.mask = torch.zeros_like(valid)
         for r, (p, s) in enumerate(zip(prompts, starts)):
@@ -303,7 +293,7 @@ class _CopySource:
         self.keys, self.ids, self.mask = (t.index_select(0, index) for t in (self.keys, self.ids, self.mask))
 
     def step(self, tokens: torch.Tensor, valid: torch.Tensor, start: int) -> torch.Tensor:
-        return self._mixture(_hidden(self.model, tokens, valid, start, self.cache)[:, -1])
+        return self._mixture(padded_hidden(self.model, tokens, valid, start, self.cache)[:, -1])
 
 
 def search(logits: torch.Tensor, cfg: BeamConfig, *, eos_id: int, pad_id: int, limits: list[int],

@@ -181,13 +181,24 @@ def last_logits(model: Transformer, ids: torch.Tensor, valid: torch.Tensor, star
         # the model does without building a mask or gathering rotary rows -- most of a batch-1 decode step's
         # overhead at small sizes. Same result as the masked path (tested).
         hidden = decode_pack.forward(model, ids, cache=cache)
+        if cache is not None:
+            cache.pos = end
     else:
-        positions = (valid.cumsum(dim=1) - 1).clamp(min=0)[:, start:end]
-        mask = causal_padding_mask(valid, start)
-        hidden = decode_pack.forward(model, ids, position_ids=positions, mask=mask, cache=cache)
+        hidden = padded_hidden(model, ids, valid, start, cache)
+    return decode_pack.logits(model, hidden[:, -1], cache).float()
+
+
+def padded_hidden(model: Transformer, ids: torch.Tensor, valid: torch.Tensor, start: int,
+                  cache: KVCache | None) -> torch.Tensor:
+    """Final hidden states (B, S - start, d) of columns start..S-1 of left-padded rows (valid is (B, S)), with
+    per-row position ids and the padding mask; a cache is written at cache.pos (== start) and advanced to S."""
+    end = valid.size(1)
+    positions = (valid.cumsum(dim=1) - 1).clamp(min=0)[:, start:end]
+    hidden = decode_pack.forward(model, ids, position_ids=positions, mask=causal_padding_mask(valid, start),
+                                 cache=cache)
     if cache is not None:
         cache.pos = end
-    return decode_pack.logits(model, hidden[:, -1], cache).float()
+    return hidden
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..model import checkpoint as ckpt
+from ..model.transformer import ModelConfig
 from . import distributed as dist_utils
 from .config import TrainConfig
 from .hardware import autocast, measure_matmul_peak, pick_device, pick_dtype
@@ -640,10 +641,6 @@ def _count(batch: dict) -> int:
 def without_defaults(model_config: dict) -> dict:
     """A saved decoder config without the fields at their defaults: a checkpoint written before a field
     existed (it lacks ``copy_dim``) then compares equal to a run that has the field at its default."""
-    from dataclasses import MISSING, fields
-
-    from ..model.transformer import ModelConfig
-
     defaults = {f.name: f.default for f in fields(ModelConfig) if f.default is not MISSING}
     return {k: v for k, v in model_config.items() if not (k in defaults and v == defaults[k])}
 
