@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -115,3 +117,26 @@ def test_scoring_pass_shows_progress_and_reports_its_throughput(capsys):
     assert "score test" in capsys.readouterr().err
     assert shown["val_loss"] == quiet["val_loss"] and "tokens_per_s" not in quiet
     assert shown["tokens_per_s"] > 0 and shown["forward_gflops_per_s"] > 0
+
+
+@pytest.mark.skipif(shakespeare_dir() is None, reason="needs the shared data folder")
+def test_exclude_splits_keeps_a_task_test_set_out_of_continued_pretraining(tmp_path):
+    """ChnSentiCorp's train split repeats 335 of the 1,200 validation reviews (the recipe's test set): its
+    in-domain LM must not train on them, even unlabelled."""
+    from scratchlm.data.labeled import text_key
+    from scratchlm.data.prepare import CorpusConfig, DataConfig, DataError, _exclude, prepare
+
+    corpus = CorpusConfig("chnsenticorp", val_split=None, exclude_splits=["validation"])
+    cfg = DataConfig(corpora=[corpus], data_dir=str(shakespeare_dir()), vocab_size=400)
+    train = load_texts("chnsenticorp", "train", data_dir=shakespeare_dir())
+    kept, _, n = _exclude(cfg, corpus, train, [])
+    held = {text_key(t) for t in load_texts("chnsenticorp", "validation", data_dir=shakespeare_dir())}
+    assert n >= 335 and len(kept) == len(train) - n and not {text_key(t) for t in kept} & held
+    logs: list[str] = []
+    prep = prepare(cfg, tmp_path / "prep", progress=False, log=logs.append)
+    assert f"prepare: removed {n} documents of chnsenticorp that also occur in validation" in logs
+    assert json.loads((prep.folder / "cleaning.json").read_text())["chnsenticorp"]["excluded"] == n
+    with pytest.raises(DataError, match="own split"):
+        CorpusConfig("chnsenticorp", exclude_splits=["train"]).validate()
+    with pytest.raises(DataError, match="named dataset"):
+        CorpusConfig(str(tmp_path / "local.txt"), exclude_splits=["test"]).validate()

@@ -109,6 +109,34 @@ def test_shipped_recipe_builds():
     assert cfg.model_preset == "6m" and cfg.model.n_layer == 6 and cfg.data.vocab_size == 1024
 
 
+RECIPES_BY_STAGE = {
+    "pretrain": ["aeslc_lm", "base", "chnsenticorp_lm", "en_small", "imdb_lm", "shakespeare", "tatoeba_lm"],
+    "classify": ["chnsenticorp", "imdb", "sms_spam"],
+    "seq2seq": ["aeslc", "tatoeba_en_zh", "tatoeba_zh_en"],
+    "distill": ["distill_imdb", "distill_tatoeba_en_zh"],
+}
+
+
+@pytest.mark.parametrize("stage,name", [(s, n) for s, names in RECIPES_BY_STAGE.items() for n in names])
+def test_every_shipped_recipe_builds_and_validates(stage, name):
+    """A typo in a recipe is found here, not an hour into a run."""
+    import importlib
+
+    from scratchlm.config import CONFIG_DIR
+
+    cfg = importlib.import_module(f"scratchlm.stages.{stage}").build_config(CONFIG_DIR / f"{name}.yaml")
+    for part in (cfg, getattr(cfg, "data", None), getattr(cfg, "train", None)):
+        if hasattr(part, "validate"):
+            part.validate()
+
+
+def test_every_shipped_recipe_is_in_the_build_test():
+    from scratchlm.config import CONFIG_DIR
+
+    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert shipped == sorted(n for names in RECIPES_BY_STAGE.values() for n in names)
+
+
 @requires_data
 def test_resolved_config_is_saved_in_every_checkpoint(tmp_path, monkeypatch, cli_env):
     from scratchlm.model import checkpoint as ckpt

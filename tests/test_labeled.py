@@ -68,6 +68,14 @@ def test_pretraining_on_the_test_split_is_refused():
     with pytest.raises(LeakageError):
         assert_not_pretrained_on({"data": {"corpora": [{"source": "/data/imdb/test.parquet"}]}}, "imdb", "test")
     assert_not_pretrained_on({"data": {"corpora": [{"source": "imdb", "split": "unsupervised"}]}}, "imdb", "test")
+    # ChnSentiCorp reports on `validation`: an LM that read it as its validation text ("auto") is refused too
+    with pytest.raises(LeakageError, match="validation text"):
+        assert_not_pretrained_on({"data": {"corpora": ["chnsenticorp:train"]}}, "chnsenticorp", "validation")
+    with pytest.raises(LeakageError, match="validation text"):  # also down the lineage
+        lm = {"data": {"corpora": []}, "backbone": {"data": {"corpora": [{"source": "chnsenticorp"}]}}}
+        assert_not_pretrained_on(lm, "chnsenticorp", "validation")
+    assert_not_pretrained_on({"data": {"corpora": [{"source": "chnsenticorp", "val_split": None}]}},
+                             "chnsenticorp", "validation")
     # the prepare step refuses a test split as pretraining text in the first place
     from scratchlm.config import from_dict
     from scratchlm.data.prepare import CorpusConfig, DataConfig

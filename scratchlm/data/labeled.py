@@ -299,6 +299,23 @@ def pretraining_corpora(config: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _validation_reads(config: dict) -> list[tuple[str, str]]:
+    """(source, split) that pretraining read as validation text (``val_split``, "auto" resolved as ``prepare``
+    resolves it), down the lineage."""
+    out = []
+    while config:
+        for c in (config.get("data") or {}).get("corpora") or []:
+            source = c.get("source") if isinstance(c, dict) else str(c).partition(":")[0]
+            val = c.get("val_split", "auto") if isinstance(c, dict) else "auto"
+            spec = DATASETS.get(source)
+            if val == "auto":
+                val = "validation" if spec is not None and "validation" in spec.split_names else None
+            if val:
+                out.append((source, val))
+        config = config.get("backbone") or {}
+    return out
+
+
 def assert_not_pretrained_on(config: dict, dataset: str, test_split: str | None, data_dir=None) -> None:
     """Refuse a backbone whose recorded pretraining corpora include the held-out test split.
 
@@ -318,3 +335,8 @@ def assert_not_pretrained_on(config: dict, dataset: str, test_split: str | None,
         if test_file and isinstance(source, str) and source.endswith(test_file) and spec.folder in source:
             raise LeakageError(f"the pretrained model was trained on {source}, which is {dataset}:{test_split}, "
                                f"the split this run reports as its test set")
+    for source, split in _validation_reads(config):
+        if source == dataset and split == test_split:
+            raise LeakageError(f"the pretrained model's validation text was {dataset}:{test_split}, the split this "
+                               f"run reports as its test set; give that corpus `val_split: null` (a held-out "
+                               f"fraction of its training text) or another split")

@@ -18,6 +18,7 @@ from ..config import to_dict
 from ..tokenizer import Tokenizer, train_tokenizer
 from .clean import CleanConfig, CleaningReport, clean_texts, unwrap_lines
 from .errors import LeakageError
+from .labeled import text_key
 from .registry import DATASETS
 from .shards import TokenShard, write_shard
 from .sources import DataError, load_texts
@@ -39,6 +40,10 @@ class CorpusConfig:
     unwrap_lines: bool = False
     # None = data.clean.redact_pii; a recipe can turn redaction off (or on) for one corpus
     redact_pii: bool | None = None
+    # splits of the same dataset whose texts must not reach this corpus, e.g. a task recipe's test set
+    # (ChnSentiCorp's train split repeats 335 of its 1,200 validation reviews verbatim): a document that
+    # also occurs there (whitespace-normalised, case-folded) is dropped from training and validation
+    exclude_splits: list[str] = field(default_factory=list)
 
     @classmethod
     def parse(cls, text: str) -> CorpusConfig:
@@ -55,6 +60,12 @@ class CorpusConfig:
         if self.split in HELD_OUT_SPLITS:
             raise LeakageError(f"corpus '{self.source}': split '{self.split}' is held-out evaluation data and "
                                f"may not be used for tokenizer training or pretraining")
+        if self.exclude_splits and self.source not in DATASETS:
+            raise DataError(f"corpus '{self.source}': exclude_splits needs a named dataset (one of "
+                            f"{sorted(DATASETS)})")
+        if self.split in self.exclude_splits:
+            raise DataError(f"corpus '{self.source}': exclude_splits {self.exclude_splits} names the corpus's own "
+                            f"split '{self.split}'")
 
 
 @dataclass
@@ -147,6 +158,17 @@ def _split_docs(cfg: DataConfig, corpus: CorpusConfig) -> tuple[list[str], list[
     return _cap(train, corpus), val
 
 
+def _exclude(cfg: DataConfig, corpus: CorpusConfig, train: list[str], val: list[str]
+             ) -> tuple[list[str], list[str], int]:
+    """``train`` and ``val`` less the documents whose text also occurs in one of ``corpus.exclude_splits``,
+    and how many were dropped."""
+    banned = {text_key(t) for split in corpus.exclude_splits
+              for t in load_texts(corpus.source, split, corpus.column, data_dir=cfg.data_dir, dropna=True)}
+    kept_train = [d for d in train if text_key(d) not in banned]
+    kept_val = [d for d in val if text_key(d) not in banned]
+    return kept_train, kept_val, len(train) - len(kept_train) + len(val) - len(kept_val)
+
+
 def _cap(train: list[str], corpus: CorpusConfig) -> list[str]:
     if corpus.max_docs:
         train = train[: corpus.max_docs]
@@ -211,6 +233,11 @@ def _prepare(cfg: DataConfig, out: str | Path, *, progress: bool, log) -> Prepar
     for corpus in cfg.corpora:
         corpus.validate()
         train, val = _split_docs(cfg, corpus)
+        excluded = 0
+        if corpus.exclude_splits:
+            train, val, excluded = _exclude(cfg, corpus, train, val)
+            log(f"prepare: removed {excluded} documents of {corpus.name} that also occur in "
+                f"{', '.join(corpus.exclude_splits)}")
         if corpus.unwrap_lines:
             train, val = unwrap_lines(train), unwrap_lines(val)
         clean_cfg = cfg.clean if corpus.redact_pii is None else replace(cfg.clean, redact_pii=corpus.redact_pii)
@@ -224,7 +251,8 @@ def _prepare(cfg: DataConfig, out: str | Path, *, progress: bool, log) -> Prepar
             train = [t for t in train if t not in val_set]
             log(f"prepare: removed {overlap} training documents of {corpus.name} that also appear in validation")
         cleaning[corpus.name] = {"train": r_train.to_dict(), "validation": r_val.to_dict(),
-                                 "train_docs": len(train), "val_docs": len(val), "train_val_overlap_removed": overlap}
+                                 "train_docs": len(train), "val_docs": len(val), "train_val_overlap_removed": overlap,
+                                 **({"excluded": excluded} if corpus.exclude_splits else {})}
         report.merge(r_train)
         per_corpus_train.append(train)
         if val:
