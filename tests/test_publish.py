@@ -30,6 +30,7 @@ def test_publish_bf16_loads_by_name_and_matches_the_source(tiny_lm_dir, tmp_path
     assert manifest["files"]["model.safetensors"]["sha256"] in card  # the card lists each file's sha256
     assert "a test model" in card
     source, published = load_model(tiny_lm_dir).model, load_model("tiny").model
+    assert f"| parameters | {source.num_params():,} |" in card  # tied embedding counted once
     for (name, a), (_, b) in zip(source.state_dict().items(), published.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-2 * a.abs().max().item() + 1e-6), name  # bf16 rounding only
     assert json.loads((folder / "config.json").read_text())["published"]["dtype"] == "bf16"

@@ -28,11 +28,14 @@ class PublishError(ValueError):
     """A publish request that would lose something or produce a folder over its size limit."""
 
 
-def _card(name: str, config: dict, files: dict[str, dict], sections: Sequence[tuple[str, str]]) -> str:
+def _card(name: str, config: dict, files: dict[str, dict], sections: Sequence[tuple[str, str]],
+          parameters: int | None = None) -> str:
     model = config.get("model", {})
     lines = [f"# {name}", ""]
     if model:
         lines += ["| architecture | value |", "|---|---|"]
+        if parameters:
+            lines.append(f"| parameters | {parameters:,} |")
         lines += [f"| {k} | {v} |" for k, v in model.items()]
         lines.append("")
     for title, body in sections:
@@ -41,6 +44,13 @@ def _card(name: str, config: dict, files: dict[str, dict], sections: Sequence[tu
     lines += [f"| `{f}` | {info['bytes']:,} | `{info['sha256']}` |" for f, info in sorted(files.items())]
     lines += ["", "The loader checks these hashes (`manifest.json`) every time the model is loaded by name.", ""]
     return "\n".join(lines)
+
+
+def count_weights(tensors: dict[str, torch.Tensor]) -> int:
+    """The model's parameters as stored (a tied embedding once; an int8 layer's per-row scales not counted)."""
+    from ..model.int8 import SCALE_SUFFIX
+
+    return sum(t.numel() for k, t in tensors.items() if not k.endswith(SCALE_SUFFIX))
 
 
 def _table(header: Sequence[str], rows: list[Sequence]) -> str:
@@ -176,7 +186,7 @@ def publish(source: str | Path, name: str, models_root: str | Path, *, dtype: st
             shutil.copy2(path, tmp / fname)
         files = {str(p.relative_to(tmp)): {"sha256": ckpt.sha256_file(p), "bytes": p.stat().st_size}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / "README.md").write_text(_card(name, config, files, sections), "utf-8")
+        (tmp / "README.md").write_text(_card(name, config, files, sections, count_weights(tensors)), "utf-8")
         files["README.md"] = {"sha256": ckpt.sha256_file(tmp / "README.md"),
                               "bytes": (tmp / "README.md").stat().st_size}
         ckpt.write_json_atomic(tmp / ckpt.MANIFEST, {"files": files})
