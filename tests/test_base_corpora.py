@@ -140,3 +140,29 @@ def test_exclude_splits_keeps_a_task_test_set_out_of_continued_pretraining(tmp_p
         CorpusConfig("chnsenticorp", exclude_splits=["train"]).validate()
     with pytest.raises(DataError, match="named dataset"):
         CorpusConfig(str(tmp_path / "local.txt"), exclude_splits=["test"]).validate()
+
+
+@pytest.mark.skipif(shakespeare_dir() is None, reason="needs the shared data folder")
+def test_task_recipe_corpus_is_the_classifier_training_text_and_never_its_carved_test(tmp_path):
+    """SMS spam carves its test messages from its one file: the in-domain LM reads the recipe's training rows
+    only, exactly as the classifier gets them."""
+    from scratchlm.config import ConfigError, find_recipe, from_dict, load_recipe
+    from scratchlm.data.labeled import LabeledDataConfig, assert_not_pretrained_on, load_labeled, text_key
+    from scratchlm.data.prepare import CorpusConfig, DataConfig, DataError, _split_docs
+
+    cfg = DataConfig(corpora=[CorpusConfig("sms_spam", task_recipe="sms_spam")], data_dir=str(shakespeare_dir()))
+    train, val = _split_docs(cfg, cfg.corpora[0])
+    data_cfg = from_dict(LabeledDataConfig, load_recipe(find_recipe("sms_spam"))["data"])
+    data_cfg.data_dir = str(shakespeare_dir())
+    data = load_labeled(data_cfg, log=lambda *a: None)
+    assert train == data.train.texts and val == data.val.texts
+    assert not {text_key(t) for t in train + val} & {text_key(t) for t in data.test.texts}
+    # its validation rows are the carve's, not ChnSentiCorp's `validation` split (that recipe's test set)
+    lm = {"data": {"corpora": [{"source": "chnsenticorp", "task_recipe": "chnsenticorp"}]}}
+    assert_not_pretrained_on(lm, "chnsenticorp", "validation")
+    with pytest.raises(DataError, match="task_recipe"):
+        CorpusConfig("sms_spam", split="test2", task_recipe="sms_spam").validate()
+    with pytest.raises(DataError, match="is about dataset 'sms_spam'"):
+        _split_docs(cfg, CorpusConfig("chnsenticorp", task_recipe="sms_spam"))
+    with pytest.raises(ConfigError, match="classification recipe"):
+        _split_docs(cfg, CorpusConfig("sms_spam", task_recipe="base"))

@@ -305,6 +305,8 @@ def _validation_reads(config: dict) -> list[tuple[str, str]]:
     out = []
     while config:
         for c in (config.get("data") or {}).get("corpora") or []:
+            if isinstance(c, dict) and c.get("task_recipe"):
+                continue  # validation rows carved from the training split, as the task's classifier carves them
             source = c.get("source") if isinstance(c, dict) else str(c).partition(":")[0]
             val = c.get("val_split", "auto") if isinstance(c, dict) else "auto"
             spec = DATASETS.get(source)

@@ -44,6 +44,11 @@ class CorpusConfig:
     # (ChnSentiCorp's train split repeats 335 of its 1,200 validation reviews verbatim): a document that
     # also occurs there (whitespace-normalised, case-folded) is dropped from training and validation
     exclude_splits: list[str] = field(default_factory=list)
+    # a classification recipe (name or path): the corpus is the text of that recipe's training rows, carved,
+    # cleaned and freed of test overlaps exactly as its classifier sees them, and its validation rows are the
+    # corpus's validation text -- the in-domain stage for a dataset whose test set is carved from the same file
+    # (SMS spam), where no split name would keep the test rows out
+    task_recipe: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> CorpusConfig:
@@ -63,6 +68,9 @@ class CorpusConfig:
         if self.exclude_splits and self.source not in DATASETS:
             raise DataError(f"corpus '{self.source}': exclude_splits needs a named dataset (one of "
                             f"{sorted(DATASETS)})")
+        if self.task_recipe and self.split != "train":
+            raise DataError(f"corpus '{self.source}': task_recipe reads the recipe's training rows; split "
+                            f"'{self.split}' cannot be combined with it")
         if self.split in self.exclude_splits:
             raise DataError(f"corpus '{self.source}': exclude_splits {self.exclude_splits} names the corpus's own "
                             f"split '{self.split}'")
@@ -141,6 +149,9 @@ def _split_docs(cfg: DataConfig, corpus: CorpusConfig) -> tuple[list[str], list[
     if spec is not None and spec.is_seq2seq:
         train, val = _parallel_docs(cfg, corpus)
         return _cap(train, corpus), val
+    if corpus.task_recipe:
+        train, val = _task_docs(cfg, corpus)
+        return _cap(train, corpus), val
     train = load_texts(corpus.source, corpus.split, corpus.column, data_dir=cfg.data_dir, dropna=True)
     val: list[str] = []
     val_split = corpus.val_split
@@ -156,6 +167,25 @@ def _split_docs(cfg: DataConfig, corpus: CorpusConfig) -> tuple[list[str], list[
         val = [t for i, t in enumerate(train) if i in held]
         train = [t for i, t in enumerate(train) if i not in held]
     return _cap(train, corpus), val
+
+
+def _task_docs(cfg: DataConfig, corpus: CorpusConfig) -> tuple[list[str], list[str]]:
+    """The training and validation texts of the classification recipe ``corpus.task_recipe`` (its ``data``
+    section, as its classifier loads it); its test rows are left out."""
+    from ..config import ConfigError, find_recipe, from_dict, load_recipe
+    from .labeled import LabeledDataConfig, load_labeled
+
+    path = find_recipe(corpus.task_recipe)
+    section = load_recipe(path).get("data")
+    if not isinstance(section, dict) or "dataset" not in section:
+        raise ConfigError(f"{path}: task_recipe needs a classification recipe, with `data.dataset`")
+    data_cfg = from_dict(LabeledDataConfig, section, prefix=f"{path}: data")
+    if data_cfg.dataset != corpus.source:
+        raise DataError(f"corpus '{corpus.source}': task_recipe {path} is about dataset '{data_cfg.dataset}'")
+    if cfg.data_dir:
+        data_cfg.data_dir = cfg.data_dir
+    data = load_labeled(data_cfg, log=lambda *a, **k: None)
+    return list(data.train.texts), list(data.val.texts)
 
 
 def _exclude(cfg: DataConfig, corpus: CorpusConfig, train: list[str], val: list[str]
