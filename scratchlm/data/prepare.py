@@ -14,11 +14,11 @@ import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..config import to_dict
+from ..config import ConfigError, find_recipe, from_dict, load_recipe, to_dict
 from ..tokenizer import Tokenizer, train_tokenizer
 from .clean import CleanConfig, CleaningReport, clean_texts, unwrap_lines
 from .errors import LeakageError
-from .labeled import text_key
+from .labeled import LabeledDataConfig, load_labeled, text_key
 from .registry import DATASETS
 from .shards import TokenShard, write_shard
 from .sources import DataError, load_texts
@@ -172,9 +172,6 @@ def _split_docs(cfg: DataConfig, corpus: CorpusConfig) -> tuple[list[str], list[
 def _task_docs(cfg: DataConfig, corpus: CorpusConfig) -> tuple[list[str], list[str]]:
     """The training and validation texts of the classification recipe ``corpus.task_recipe`` (its ``data``
     section, as its classifier loads it); its test rows are left out."""
-    from ..config import ConfigError, find_recipe, from_dict, load_recipe
-    from .labeled import LabeledDataConfig, load_labeled
-
     path = find_recipe(corpus.task_recipe)
     section = load_recipe(path).get("data")
     if not isinstance(section, dict) or "dataset" not in section:
