@@ -108,3 +108,20 @@ def test_task_model_bad_inputs_get_errors_or_warnings_not_tracebacks(task_folder
         assert summ.generate(["", "Lunch moved to noon."], decode)[0] == ""
     with pytest.warns(UserWarning, match="truncated"):
         assert len(summ.generate(["word " * 200_000], decode)) == 1  # a 1 MB e-mail
+
+
+def test_cli_says_a_warning_in_one_line_and_restores_the_format(tmp_path, capsys):
+    """A warning on the command line reads like its errors (no source line of ours under it); main() puts the
+    interpreter's format back, since tests and notebooks call it in-process."""
+    import warnings
+
+    from scratchlm.cli import warning_format
+
+    fmt = warning_format("summarize")
+    assert fmt("1 source(s) were truncated", UserWarning, "/x/predict.py", 304) == \
+        "scratchlm summarize: warning: 1 source(s) were truncated\n"
+    assert fmt("lbfgs failed", RuntimeWarning, "x.py", 1) == \
+        "scratchlm summarize: warning: RuntimeWarning: lbfgs failed\n"
+    before = warnings.formatwarning
+    assert main(["models"]) == 0
+    assert warnings.formatwarning is before

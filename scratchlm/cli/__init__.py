@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from ..config import ConfigError
 from . import export, predict, report, serve, train
@@ -35,6 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # a warning is said in one line, as errors are: the source line it came from means nothing to a user
+    formatwarning = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = warning_format(args.verb)
+    try:
+        return _run(args, extra, debug)
+    finally:
+        warnings.formatwarning = formatwarning  # main() is also called in-process (tests, notebooks)
+
+
+def _run(args, extra, debug: bool) -> int:
     try:
         return args.fn(args, extra)
     except OSError as e:  # disk full, no permission, a missing folder, a path that is a file: the path and a remedy
@@ -55,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scratchlm {args.verb}: error: {type(e).__name__}: {e} (run again with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def warning_format(verb: str):
+    """``warnings.formatwarning`` for the command line: ``scratchlm VERB: warning: message``."""
+    def fmt(message, category, filename, lineno, line=None) -> str:
+        kind = "" if category is UserWarning else f"{category.__name__}: "
+        return f"scratchlm {verb}: warning: {kind}{message}\n"
+    return fmt
 
 
 # hints written for the Python API, said in the command line's words
