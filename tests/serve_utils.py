@@ -24,7 +24,7 @@ def save_lm(folder: Path, tokenizer, *, block_size: int = 64, seed: int = 0) -> 
     return folder
 
 
-def save_classifier(folder: Path, tokenizer, labels=("neg", "pos"), seed: int = 0) -> Path:
+def save_classifier(folder: Path, tokenizer, labels=("neg", "pos"), seed: int = 0, **extra_config) -> Path:
     from scratchlm.model import checkpoint as ckpt
     from scratchlm.model.heads import SequenceClassifier
     from scratchlm.model.transformer import Transformer
@@ -34,7 +34,8 @@ def save_classifier(folder: Path, tokenizer, labels=("neg", "pos"), seed: int = 
     model = SequenceClassifier(Transformer(tiny_model_config(tokenizer.vocab_size, block_size=64)), len(labels),
                                pooling="mean", pad_id=tokenizer.pad_id, label_names=list(labels))
     config = {"task": "classify", "tokenizer_fingerprint": tokenizer.fingerprint, **model_config(model),
-              "label_names": list(labels), "label_values": list(labels), "max_length": 64, "head_fraction": 0.25}
+              "label_names": list(labels), "label_values": list(labels), "max_length": 64, "head_fraction": 0.25,
+              **extra_config}
     ckpt.save_checkpoint(folder, model_tensors=ckpt.model_state(model), config=config, tokenizer=tokenizer)
     return folder
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, classify_overrides, write_sentiment_csv
+from conftest import REPO, classify_overrides, requires_data, write_sentiment_csv
 
 from scratchlm.data.labeled import LabelError
 from scratchlm.infer.classify import load_classifier
@@ -233,3 +233,24 @@ def test_recipe_sections_per_kind_and_override_precedence():
 
     with pytest.raises(ConfigError, match="poolin"):
         build_config(imdb, ["poolin=mean"])
+
+
+@requires_data
+def test_evaluate_scores_the_recipes_carved_split_of_a_one_file_dataset(prepared, tmp_path):
+    """SMS spam is one file and its recipe carves the test set with a seed: `evaluate --data sms_spam:test` scores
+    exactly those rows (it used to fail with "no split 'test'", so the published card could not be re-scored)."""
+    from serve_utils import save_classifier
+
+    from scratchlm.config import from_dict
+    from scratchlm.data.labeled import LabeledDataConfig, load_labeled
+
+    recipe = {"dataset": "sms_spam", "test_split": None, "test_fraction": 0.1, "val_fraction": 0.1}
+    folder = save_classifier(tmp_path / "m", prepared.tokenizer, labels=("ham", "spam"),
+                             label_values=[0, 1], recipe={"data": recipe})
+    data = load_labeled(from_dict(LabeledDataConfig, recipe), log=lambda *a: None)
+    for split, part in (("test", data.test), ("validation", data.val)):
+        m = evaluate_model(folder, "sms_spam", split, progress=False)
+        assert m["n"] == len(part) and len(part) > 500
+        assert np.asarray(m["confusion_matrix"]).sum(axis=1).tolist() == part.counts(2)
+    with pytest.raises(Exception, match="split"):  # a split neither the dataset has nor the recipe carved
+        evaluate_model(folder, "sms_spam", "dev", progress=False)

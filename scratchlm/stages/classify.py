@@ -28,10 +28,11 @@ import torch
 from .. import __version__
 from ..baselines.classical import ClassicalConfig, fit_classical
 from ..baselines.rnn import RNNClassifier, RNNConfig
-from ..config import ConfigError, to_dict
+from ..config import ConfigError, from_dict, to_dict
 from ..data.labeled import (
     LabeledData,
     LabeledDataConfig,
+    LabeledSplit,
     LabelError,
     assert_not_pretrained_on,
     encode_labels,
@@ -383,16 +384,20 @@ def evaluate_model(model_dir: str | Path, dataset: str, split: str, *, text_colu
                    out_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Metrics of a saved classifier on any labelled split; writes metrics JSON and a confusion PNG."""
     clf = load_classifier(model_dir)
-    data_cfg = LabeledDataConfig(dataset=dataset, train_split=split, test_split=None, text_column=text_column,
-                             label_column=label_column, data_dir=data_dir, test_fraction=0.1)
-    texts, raw, origins = read_split(data_cfg, split)
-    values = clf.config.get("label_values") or list(range(len(clf.label_names)))
-    where = _describe(dataset, split)
-    try:
-        labels = encode_labels(raw, values, clf.label_names, where, origins)
-    except LabelError as e:
-        raise LabelError(f"{e}. The model {clf.folder} was trained with labels {clf.label_names}: the label set "
-                         f"of the data differs from the checkpoint's") from None
+    carved = _recipe_carve(clf, dataset, split, data_dir)
+    if carved is not None:  # e.g. sms_spam:test, a seeded carve of the single file: the recipe's own rows
+        texts, labels = carved.texts, carved.labels
+    else:
+        data_cfg = LabeledDataConfig(dataset=dataset, train_split=split, test_split=None, text_column=text_column,
+                                     label_column=label_column, data_dir=data_dir, test_fraction=0.1)
+        texts, raw, origins = read_split(data_cfg, split)
+        values = clf.config.get("label_values") or list(range(len(clf.label_names)))
+        where = _describe(dataset, split)
+        try:
+            labels = encode_labels(raw, values, clf.label_names, where, origins)
+        except LabelError as e:
+            raise LabelError(f"{e}. The model {clf.folder} was trained with labels {clf.label_names}: the label "
+                             f"set of the data differs from the checkpoint's") from None
     spec = DATASETS.get(dataset)
     if spec is not None and spec.label_names and list(spec.label_names) != clf.label_names \
             and clf.config.get("recipe", {}).get("data", {}).get("dataset") != dataset:
@@ -412,6 +417,28 @@ def evaluate_model(model_dir: str | Path, dataset: str, split: str, *, text_colu
         except ImportError as e:
             m["confusion_png"] = f"skipped: {e}"
     return m
+
+
+def _recipe_carve(clf: Classifier, dataset: str, split: str, data_dir: str | None) -> LabeledSplit | None:
+    """The ``test`` or ``validation`` rows the model's recipe carved from ``dataset`` with its seed, when the
+    dataset has no such split of its own (SMS spam is one file): what its report scored, so a published card can
+    be re-scored. None when the split exists in the dataset or the recipe did not carve it."""
+    spec = DATASETS.get(dataset)
+    recipe = (clf.config.get("recipe") or {}).get("data") or {}
+    if spec is None or split in spec.splits or recipe.get("dataset") != dataset:
+        return None
+    if split == "test" and recipe.get("test_split") is None:
+        part = "test"
+    elif split == "validation" and recipe.get("val_split") is None and recipe.get("val_fraction", 0.1) > 0:
+        part = "val"
+    else:
+        return None
+    cfg = from_dict(LabeledDataConfig, {**recipe, **({"data_dir": data_dir} if data_dir else {})}, "data")
+    data = load_labeled(cfg, log=lambda *a, **k: None)
+    if data.label_names != clf.label_names:
+        raise LabelError(f"{dataset}: the recipe's labels {data.label_names} differ from the model's "
+                         f"{clf.label_names}")
+    return getattr(data, part)
 
 
 def format_metrics(m: dict) -> str:
