@@ -128,3 +128,27 @@ def test_card_scores_table_flattens_task_metrics():
     table = scores_table({"sms:test": cls, "tatoeba:test": mt})
     assert table.splitlines()[0] == "| data | accuracy | f1_macro | bleu | chrf | f1_ham | f1_spam |"
     assert "| sms:test | 0.9000 | 0.8000 |  |  | 0.9500 | 0.7000 |" in table
+
+
+def test_task_model_card_names_its_data_licence_start_and_test_scores(prepared, tmp_path):
+    """A task model's card says what it was trained on (dataset, licence, rows per split), what it started from
+    and its test scores, read from the run's report.json beside the model folder."""
+    from serve_utils import save_classifier
+
+    from scratchlm.export.publish import run_sections
+
+    run = tmp_path / "runs" / "sms_spam" / "lm"
+    folder = save_classifier(run / "model", prepared.tokenizer, labels=("ham", "spam"), label_values=[0, 1],
+                             recipe={"init": "runs/sms_spam_lm/model", "pretrain": "sms_spam_lm",
+                                     "data": {"dataset": "sms_spam"}})
+    report = {"task": "classify", "dataset": "sms_spam", "data": "sms_spam:train: 4,459 (ham 3,859, spam 600)",
+              "test_split": "sms_spam:train[test 0.1, seed 1337]", "steps": 40, "train_seconds": 90.0,
+              "command": "scratchlm finetune classify --config sms_spam",
+              "test": {"accuracy": 0.99, "f1_macro": 0.98, "label_names": ["ham", "spam"],
+                       "report": {"ham": {"f1-score": 0.995}, "spam": {"f1-score": 0.96}}}}
+    (run / "report.json").write_text(json.dumps(report))
+    sections = dict(run_sections(run, ckpt.read_config(folder)))
+    data = sections["Task and data"]
+    assert "CC BY 4.0" in data and "sms_spam:train: 4,459" in data and "sms_spam_lm" in data
+    assert "`scratchlm finetune classify --config sms_spam`" in data
+    assert "| sms_spam:train[test 0.1, seed 1337] | 0.9900 | 0.9800 | 0.9950 | 0.9600 |" in sections["Held-out scores"]

@@ -121,6 +121,8 @@ def run_sections(run: str | Path, config: dict, scores: dict[str, dict] | None =
             ["corpus", "training documents", "characters", "PII spans redacted", "licence"], rows)))
     report_path = run / "report.json"
     report = json.loads(report_path.read_text("utf-8")) if report_path.exists() else {}
+    if report.get("task") in ("classify", "translate", "summarize"):
+        sections.append(("Task and data", _task_data(report, config)))
     state = {}
     pointer = run / "checkpoints" / ckpt.LATEST
     state_path = Path(checkpoint or "") / "trainer_state.json"
@@ -138,11 +140,36 @@ def run_sections(run: str | Path, config: dict, scores: dict[str, dict] | None =
                 ["tokens seen", f"{tokens:,}" if tokens else ""],
                 ["training wall-clock", f"{seconds / 3600:.2f} h" if seconds else ""],
                 ["schedule", (config.get("train") or {}).get("schedule", "")]]
-    sections.append(("Training", _table(["", ""], training)))
+    sections.append(("Training", _table(["", ""], [row for row in training if row[1]])))
     scores = scores or {**report.get("validation_by_corpus", {}), **report.get("final_eval", {})}
+    if not scores and isinstance(report.get("test"), dict) and report.get("test_split"):
+        scores = {report["test_split"]: report["test"]}  # a task run's test scores (the trained weights)
     if scores:
         sections.append(("Held-out scores", scores_table(scores)))
     return sections
+
+
+def _task_data(report: dict, config: dict) -> str:
+    """A task model's card section: the dataset, its licence, the rows of each split, where it started from."""
+    from ..data.registry import DATASETS
+
+    dataset = report.get("dataset") or (config.get("recipe") or {}).get("data", {}).get("dataset", "")
+    spec = DATASETS.get(dataset)
+    recipe = config.get("recipe") or {}
+    rows = [["task", report["task"]], ["dataset", f"`{dataset}`" + (f": {spec.description}" if spec else "")],
+            ["licence", spec.license if spec else "your file"]]
+    if report.get("data"):
+        rows.append(["rows (train; validation; test)", str(report["data"]).replace("|", "/")])
+    if report.get("test_split"):
+        rows.append(["test set (read once, after training)", f"`{report['test_split']}`"])
+    if recipe.get("init"):
+        rows.append(["started from", f"`{recipe['init']}`" + (f" (in-domain stage: `{recipe['pretrain']}`)"
+                                                           if recipe.get("pretrain") else "")])
+    if report.get("description"):
+        rows.append(["model", report["description"]])
+    if report.get("command"):
+        rows.append(["trained by", f"`{report['command']}`"])
+    return _table(["", ""], rows)
 
 
 def publish(source: str | Path, name: str, models_root: str | Path, *, dtype: str = "fp32",
