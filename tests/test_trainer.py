@@ -182,3 +182,21 @@ def test_time_fitted_decay_follows_steps_that_slow_down(tmp_path, prepared):
             step_at_budget = t.step
     assert step_at_budget == 56
     assert abs(t.horizon - step_at_budget) <= 1
+
+
+@pytest.mark.parametrize("steps,batch,budget,expect", [
+    (120, 32, None, True),    # an in-domain stage: few steps, big ones (~10 min eager): compiled
+    (500, 16, None, True),    # many steps
+    (30, 16, None, False),    # a quick run: compiling would cost more than it saves
+    (120, 32, 60.0, False),   # a one-minute budget
+])
+def test_compile_auto_weighs_steps_times_batch(steps, batch, budget, expect, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    from scratchlm.train.trainer import Trainer
+
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/cc")
+    stub = SimpleNamespace(cfg=TrainConfig(compile="auto", max_steps=steps, max_time_s=budget),
+                           device=torch.device("cpu"), global_batch_size=batch, _print=print)
+    assert Trainer._should_compile(stub) is expect
