@@ -125,3 +125,20 @@ def test_cli_says_a_warning_in_one_line_and_restores_the_format(tmp_path, capsys
     before = warnings.formatwarning
     assert main(["models"]) == 0
     assert warnings.formatwarning is before
+
+
+def test_evaluate_by_published_name_writes_under_runs_eval(task_folders, tmp_path, monkeypatch, capsys):
+    """`scratchlm evaluate --model NAME` used to write NAME/eval in the working directory; its files now go to
+    runs/eval/NAME, and the published folder is left as its manifest describes it."""
+    from scratchlm.export.publish import publish
+
+    models = tmp_path / "models"
+    publish(task_folders["clf"], "tiny-clf", models)
+    monkeypatch.setenv("SCRATCHLM_MODELS_DIR", str(models))
+    monkeypatch.chdir(tmp_path)
+    csv = write_sentiment_csv(tmp_path / "s.csv", n=40)
+    assert main(["evaluate", "--model", "tiny-clf", "--data", str(csv) + ":train", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 40
+    assert (tmp_path / "runs" / "eval" / "tiny-clf" / "eval_s_train.json").exists()
+    assert not (tmp_path / "tiny-clf").exists() and not (models / "tiny-clf" / "eval").exists()
+    load_model("tiny-clf")  # the manifest still matches

@@ -37,7 +37,7 @@ def add_parsers(subparsers) -> None:
     sp.add_argument("--data-dir", default=None)
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--out", default=None, help="classifiers: folder for the metrics JSON and confusion PNG "
-                                                "(default <model>/eval)")
+                                                "(default <model>/eval; runs/eval/<name> for a published name)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_evaluate)
 
@@ -115,7 +115,7 @@ def _evaluate_seq2seq(args, task: str) -> int:
 
     source, _, split = (args.data or "").partition(":")
     m = evaluate_model(args.model, source or None, split=split or "test", num_beams=args.beams,
-                       data_dir=args.data_dir, out_dir=args.out or Path(args.model) / "eval", progress=not args.json,
+                       data_dir=args.data_dir, out_dir=_eval_out(args), progress=not args.json,
                        decode_overrides=args.decode)
     print(json.dumps(m, indent=2, ensure_ascii=False) if args.json else
           f"{m['data']} ({m['n']:,} examples, {m['direction']}, beam {m['num_beams']}): "
@@ -125,13 +125,23 @@ def _evaluate_seq2seq(args, task: str) -> int:
     return 0
 
 
+def _eval_out(args) -> Path:
+    """Where evaluate writes its JSON, predictions and pictures: --out, else <model folder>/eval; for a
+    published name, runs/eval/<name> (the published folder stays as its manifest describes it, and nothing
+    lands in a ./<name> folder of the working directory)."""
+    if args.out:
+        return Path(args.out)
+    model = Path(args.model)
+    return model / "eval" if model.exists() else Path("runs") / "eval" / args.model
+
+
 def _evaluate_classifier(args) -> int:
     from ..stages.classify import evaluate_model, format_metrics
 
     source, _, split = args.data.partition(":")
     m = evaluate_model(args.model, source, split or "test", text_column=args.column,
                        label_column=args.label_column, data_dir=args.data_dir, batch_size=args.batch_size,
-                       out_dir=args.out or Path(args.model) / "eval", progress=not args.json)
+                       out_dir=_eval_out(args), progress=not args.json)
     print(json.dumps(m, indent=2) if args.json else format_metrics(m)
           + f"\n\nconfusion matrix picture: {m.get('confusion_png')}")
     return 0
