@@ -13,6 +13,7 @@ import torch
 from conftest import REPO, classify_overrides, requires_data, write_sentiment_csv
 
 from scratchlm.data.labeled import LabelError
+from scratchlm.data.sources import DataError
 from scratchlm.infer.classify import load_classifier
 from scratchlm.stages.classify import build_config, evaluate_model, run
 from scratchlm.tasks.classify import ClassifyTask, collate, encode_texts, truncate_head_tail
@@ -252,5 +253,5 @@ def test_evaluate_scores_the_recipes_carved_split_of_a_one_file_dataset(prepared
         m = evaluate_model(folder, "sms_spam", split, progress=False)
         assert m["n"] == len(part) and len(part) > 500
         assert np.asarray(m["confusion_matrix"]).sum(axis=1).tolist() == part.counts(2)
-    with pytest.raises(Exception, match="split"):  # a split neither the dataset has nor the recipe carved
+    with pytest.raises(DataError, match="split"):  # a split neither the dataset has nor the recipe carved
         evaluate_model(folder, "sms_spam", "dev", progress=False)

@@ -153,9 +153,9 @@ def _task_data(report: dict, config: dict) -> str:
     """A task model's card section: the dataset, its licence, the rows of each split, where it started from."""
     from ..data.registry import DATASETS
 
-    dataset = report.get("dataset") or (config.get("recipe") or {}).get("data", {}).get("dataset", "")
-    spec = DATASETS.get(dataset)
     recipe = config.get("recipe") or {}
+    dataset = report.get("dataset") or (recipe.get("data") or {}).get("dataset", "")
+    spec = DATASETS.get(dataset)
     rows = [["task", report["task"]], ["dataset", f"`{dataset}`" + (f": {spec.description}" if spec else "")],
             ["licence", spec.license if spec else "your file"]]
     if report.get("data"):

@@ -427,13 +427,13 @@ def _recipe_carve(clf: Classifier, dataset: str, split: str, data_dir: str | Non
     recipe = (clf.config.get("recipe") or {}).get("data") or {}
     if spec is None or split in spec.splits or recipe.get("dataset") != dataset:
         return None
-    if split == "test" and recipe.get("test_split") is None:
+    cfg = from_dict(LabeledDataConfig, {**recipe, **({"data_dir": data_dir} if data_dir else {})}, "data")
+    if split == "test" and cfg.test_split is None:
         part = "test"
-    elif split == "validation" and recipe.get("val_split") is None and recipe.get("val_fraction", 0.1) > 0:
+    elif split == "validation" and cfg.val_split is None and cfg.val_fraction > 0:
         part = "val"
     else:
         return None
-    cfg = from_dict(LabeledDataConfig, {**recipe, **({"data_dir": data_dir} if data_dir else {})}, "data")
     data = load_labeled(cfg, log=lambda *a, **k: None)
     if data.label_names != clf.label_names:
         raise LabelError(f"{dataset}: the recipe's labels {data.label_names} differ from the model's "
