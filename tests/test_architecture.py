@@ -107,3 +107,15 @@ def test_the_readme_tree_names_every_folder_and_top_level_module():
     loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
     missing = [f"{f}/" for f in folders if f"{f}/" not in tree] + [m for m in loose if m not in tree]
     assert not missing, f"README.md's Layout does not show {missing}"
+
+
+def test_the_readme_links_to_the_recipes_resolve():
+    # `configs/` at the top is a link to the shipped recipes; it once pointed at itself (configs/configs ->
+    # scratchlm/configs, resolved inside configs/), so README.md's link led to an empty folder
+    import re
+
+    root = PACKAGE.parent
+    for target in re.findall(r"\]\(([^)#:]+)\)", README.read_text("utf-8")):
+        assert (root / target).exists(), f"README.md links to {target}, which does not exist"
+    assert sorted(p.name for p in (root / "configs").glob("*.yaml")) == \
+        sorted(p.name for p in (PACKAGE / "configs").glob("*.yaml"))
