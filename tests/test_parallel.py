@@ -247,6 +247,26 @@ def test_folder_with_test_file_and_references(tmp_path):
     assert d.removed_overlap == {"train": 1} and len(d.train) == 15 and len(d.val) == 5
 
 
+def test_references_as_targets_splits_emails_before_expanding(tmp_path):
+    # a split with three references per document trains on each reference as a pair of its own; the
+    # validation documents are carved before the expansion, so no document is on both sides
+    rows = [{"source": f"doc {i}", "target": f"orig {i}", "r0": f"a{i}", "r1": f"b{i}", "r2": "" if i % 2 else f"c{i}"}
+            for i in range(12)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "validation.parquet")
+    pd.DataFrame(rows[:2]).to_parquet(tmp_path / "test.parquet")
+    d = load_parallel(Seq2SeqDataConfig(str(tmp_path), train_split="validation", val_size=4,
+                                        reference_columns=["r0", "r1", "r2"], references_as_targets=True))
+    assert len(d.test) == 2 and len(d.val) == 4
+    assert not {s for s in d.train.sources} & {s for s in d.val.sources}
+    assert not {s for s in d.train.sources} & {"doc 0", "doc 1"}  # the test e-mails stay out
+    per_doc = {s: d.train.targets[i:] for i, s in enumerate(d.train.sources)}
+    assert len(d.train) == sum(3 if int(s.split()[1]) % 2 == 0 else 2 for s in per_doc)
+    assert all(t[0] in "abc" for t in d.train.targets)  # annotations, never the original subject
+    assert d.train.references == [[t] for t in d.train.targets]
+    assert d.val.targets == [r[0] for r in d.val.references] and all(t.startswith("a") for t in d.val.targets)
+    assert d.train.name.endswith("[references]")
+
+
 def test_config_validation(tmp_path):
     with pytest.raises(ValueError, match="go together"):
         load_parallel(Seq2SeqDataConfig(src_file="a.txt"))

@@ -10,6 +10,7 @@ import pytest
 from conftest import REPO, write_translation_pairs
 
 from scratchlm.baselines.lead import lead
+from scratchlm.config import ConfigError
 from scratchlm.infer.seq2seq import load_seq2seq
 from scratchlm.stages.seq2seq import build_config, run
 
@@ -106,3 +107,44 @@ def test_backbone_that_read_the_dataset_must_share_its_split():
                                                                                       seed=7))
     with pytest.raises(LeakageError, match="splits differently"):
         check_backbone_split(cont, Seq2SeqDataConfig(dataset="tatoeba_cmn_eng", seed=7))
+    # AESLC's test set is its own file: training on the validation e-mails (aeslc_annotated) cannot leak it
+    aeslc = {"data": {"corpora": ["aeslc"]}}
+    check_backbone_split(aeslc, Seq2SeqDataConfig(dataset="aeslc", train_split="validation", val_split=None,
+                                                  val_size=500, references_as_targets=True))
+    with pytest.raises(LeakageError, match="splits differently"):  # a test set carved from the training file
+        check_backbone_split(aeslc, Seq2SeqDataConfig(dataset="aeslc", test_split=None))
+
+
+def test_a_recipe_continues_the_seq2seq_stage_it_names(tmp_path, tiny_lm_dir, pairs_file):
+    # `pretrain:` may name the fine-tuning stage this one refines (aeslc_annotated continues aeslc): when its
+    # model is missing it runs first, with `pretrain_overrides` (here: its report on validation, not test)
+    first = tmp_path / "first.yaml"
+    first.write_text(f"task: translate\nout_root: {tmp_path / 'runs_a'}\n", "utf-8")
+    cfg = _cfg(tmp_path, tmp_path / "runs_a/decoder/model", pairs_file, name="refined", **{
+        "pretrain": str(first), "train.max_steps": 4})
+    cfg.pretrain_overrides = [f"init={tiny_lm_dir}", f"data.dataset={pairs_file}", "data.source_column=en",
+                              "data.target_column=zh", "data.src_lang=en", "data.tgt_lang=zh", "data.val_size=20",
+                              "data.test_size=20", "max_target_tokens=24", "train.max_steps=4",
+                              "train.micro_batch_size=8", "train.progress=false", "train.tensorboard=false",
+                              "train.device=cpu", "train.precision=fp32", "train.threads=1", "decode.num_beams=1",
+                              "decode.max_new_tokens=8", "report_split=validation", "eval_greedy=false"]
+    lines = []
+    report = run(cfg, log=lines.append)
+    assert any("running the recipe" in str(x) for x in lines)
+    first_report = json.loads((tmp_path / "runs_a/decoder/report.json").read_text())
+    assert first_report["test_split"].endswith("[validation 20, seed 1337]")  # the test set was not read there
+    assert report["steps"] == 4 and report["test_examples"] == 20
+    assert json.loads((tmp_path / "runs/refined/model/config.json").read_text())["backbone"]["folder"] \
+        .endswith("runs_a/decoder/model")
+    # a second run finds the first stage's model and does not run it again
+    lines.clear()
+    run(_cfg(tmp_path, tmp_path / "runs_a/decoder/model", pairs_file, name="again", pretrain=str(first),
+             **{"train.max_steps": 2}), log=lines.append)
+    assert not any("running the recipe" in str(x) for x in lines)
+
+
+def test_a_named_stage_must_make_the_init_folder(tmp_path, tiny_lm_dir, pairs_file):
+    first = tmp_path / "first.yaml"
+    first.write_text(f"task: translate\ninit: {tiny_lm_dir}\nout_root: {tmp_path / 'elsewhere'}\n", "utf-8")
+    with pytest.raises(ConfigError, match="is not what recipe"):
+        run(_cfg(tmp_path, tmp_path / "runs_a/decoder/model", pairs_file, pretrain=str(first)), log=QUIET)

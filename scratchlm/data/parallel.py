@@ -93,6 +93,11 @@ class Seq2SeqDataConfig:
     leakage_guard: str = "auto"  # "both": either side may not occur in test; "source": the source only
     max_source_chars: int | None = None  # drop longer train/validation pairs (never test pairs)
     max_target_chars: int | None = None
+    # every reference of a training example becomes a pair of its own (and a validation example's first
+    # reference its target): AESLC's validation e-mails carry three human-written subjects, the style its test
+    # references share and its training subjects (the senders' own) do not. With ``train_split: validation``
+    # and ``val_split: null`` the e-mails are split before they are expanded, so none is on both sides
+    references_as_targets: bool = False
     max_train_examples: int | None = None  # seeded subsamples, for quick runs
     max_val_examples: int | None = None
     max_test_examples: int | None = None
@@ -365,6 +370,11 @@ def _resolve_split(cfg: Seq2SeqDataConfig, value: str | None, candidates: tuple[
     return next((c for c in candidates if c not in taken and _split_exists(cfg, c)), None)
 
 
+def test_file_split(cfg: Seq2SeqDataConfig) -> str | None:
+    """The split whose file is the test set (AESLC's ``test``), or None when the test set is carved."""
+    return _resolve_split(cfg, cfg.test_split, ("test",), (cfg.train_split,))
+
+
 def _choose(n: int, k: int, seed: int) -> np.ndarray:
     """``k`` of ``range(n)`` by a seeded shuffle, sorted."""
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -433,7 +443,7 @@ def load_parallel(cfg: Seq2SeqDataConfig) -> ParallelData:
     cfg.validate()
     src_lang, tgt_lang = resolve_langs(cfg)
     guard = cfg.leakage_guard if cfg.leakage_guard != "auto" else ("both" if src_lang != tgt_lang else "source")
-    test_name = _resolve_split(cfg, cfg.test_split, ("test",), (cfg.train_split,))
+    test_name = test_file_split(cfg)
     val_name = _resolve_split(cfg, cfg.val_split, _VAL_NAMES, (cfg.train_split, test_name))
     if test_name is not None and test_name in (cfg.train_split, val_name):
         raise LeakageError(f"data.test_split '{test_name}' is also the training or validation split")
@@ -500,6 +510,8 @@ def load_parallel(cfg: Seq2SeqDataConfig) -> ParallelData:
         train = full.subset(_complement(len(full), idx))
     train = _subsample(train, cfg.max_train_examples, cfg.seed + 2)
     val = _subsample(val, cfg.max_val_examples, cfg.seed + 4)
+    if cfg.references_as_targets:
+        train, val = _expand_references(train), _first_reference(val)
     _nonempty(train, "training")
     redactions: dict[str, int] = {}
     if cfg.redact_pii:  # after the split (the same with or without it), then the guard once more: two pairs that
@@ -516,6 +528,24 @@ def load_parallel(cfg: Seq2SeqDataConfig) -> ParallelData:
     assert_no_test_overlap([train, val], test, both_sides=guard == "both")
     return ParallelData(train, val, test, src_lang, tgt_lang, columns.source, columns.target, dropped, removed,
                         redactions)
+
+
+def _expand_references(split: ParallelSplit) -> ParallelSplit:
+    """One (source, reference) pair per reference of each example, named ``...[references]``."""
+    idx, targets = [], []
+    for i, refs in enumerate(split.references):
+        for r in refs:
+            idx.append(i)
+            targets.append(r)
+    out = split.subset(idx, f"{split.name}[references]")
+    out.targets = targets
+    out.references = [[t] for t in targets]
+    return out
+
+
+def _first_reference(split: ParallelSplit) -> ParallelSplit:
+    """``split`` with each example's first reference as its target (validation loss in the references' style)."""
+    return ParallelSplit(split.name, split.sources, [r[0] for r in split.references], split.references, split.extra)
 
 
 def _redact(split: ParallelSplit, counts: dict[str, int]) -> ParallelSplit:

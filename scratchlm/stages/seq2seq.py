@@ -22,12 +22,14 @@ import torch
 from .. import __version__
 from ..baselines.lead import lead
 from ..baselines.seq2seq_rnn import Seq2SeqRNN, Seq2SeqRNNConfig
-from ..config import ConfigError, apply_overrides, from_dict, parse_override, to_dict
+from ..config import ConfigError, apply_overrides, find_recipe, from_dict, load_yaml, parse_override, to_dict
 from ..data.errors import LeakageError
 from ..data.labeled import pretraining_corpora
-from ..data.parallel import ParallelData, ParallelSplit, Seq2SeqDataConfig, load_parallel
+from ..data.parallel import ParallelData, ParallelSplit, Seq2SeqDataConfig, load_parallel, test_file_split
 from ..infer.seq2seq import DecodeConfig, Seq2SeqModel, direction, load_seq2seq
-from ..model.folder import LoadedModel, load_decoder
+from ..model.checkpoint import CheckpointError
+from ..model.folder import LoadedModel, load_decoder, resolve_model
+from ..model.kinds import SEQ2SEQ_TASKS
 from ..model.transformer import Transformer
 from ..tasks.seq2seq import Example, Seq2SeqRNNTask, Seq2SeqTask, encode_pairs, prompt_prefix, with_prefix_space
 from ..tasks.seq2seq_metrics import bleu, chrf, output_diversity, rouge
@@ -204,6 +206,9 @@ def check_backbone_split(backbone_config: dict, data: Seq2SeqDataConfig) -> None
     if data.dataset not in {source for source, _ in pretraining_corpora(backbone_config)}:
         return
     default = Seq2SeqDataConfig(dataset=data.dataset)
+    own_test = test_file_split(data)
+    if own_test is not None and own_test == test_file_split(default):
+        return  # the test set is the dataset's own file either way: how the rest is split cannot leak it
     diff = {f: getattr(data, f) for f in _SPLIT_FIELDS if getattr(data, f) != getattr(default, f)}
     if diff:
         raise LeakageError(f"the pretrained model read {data.dataset}'s training pairs under the default split; "
@@ -224,8 +229,7 @@ def run(cfg: Seq2SeqConfig, log=print) -> dict:
         return report_seq2seq(cfg, out, data, lambda srcs, _b: [lead(s, cfg.lead_sentences) for s in srcs],
                                info, log)
     cfg.train.out_dir = str(out)
-    ensure_pretrained(cfg.init, cfg.pretrain, cfg.pretrain_overrides, cfg.data.data_dir, log,
-                      progress=cfg.train.progress)
+    ensure_init(cfg, log)
     pretrained = load_decoder(cfg.init)
     check_backbone_split(pretrained.config, cfg.data)
     if cfg.kind in ("gru", "lstm"):
@@ -253,6 +257,35 @@ def run(cfg: Seq2SeqConfig, log=print) -> dict:
             "train_examples": len(task.train)}
     return fit_and_report(cfg.train, task, run_config=run_config, tokenizer=tok, info=info,
                           report=decode_and_report(cfg, out, data, log), flops_per_token=model.flops_per_token())
+
+
+def ensure_init(cfg: Seq2SeqConfig, log) -> None:
+    """Make ``init`` when it does not exist yet. ``pretrain`` names a pretraining recipe, or the seq2seq stage
+    this one continues (``aeslc_annotated`` refines the ``aeslc`` summarizer), which runs first the same way:
+    with ``pretrain_overrides`` applied, resuming if an earlier attempt was interrupted."""
+    path = find_recipe(cfg.pretrain) if cfg.pretrain else None
+    task = load_yaml(path).get("task") if path is not None else None
+    if task not in SEQ2SEQ_TASKS:
+        ensure_pretrained(cfg.init, cfg.pretrain, cfg.pretrain_overrides, cfg.data.data_dir, log,
+                          progress=cfg.train.progress)
+        return
+    try:
+        resolve_model(cfg.init)
+        return
+    except (FileNotFoundError, CheckpointError):
+        pass
+    prev = build_config(path, cfg.pretrain_overrides, defaults={"task": task, "kind": "decoder"})
+    if cfg.data.data_dir:
+        prev.data.data_dir = cfg.data.data_dir
+    prev.train.resume = True
+    prev.train.progress = prev.train.progress and cfg.train.progress
+    target = prev.out_dir / "model"
+    if Path(cfg.init).resolve() != target.resolve():
+        raise ConfigError(f"init: {cfg.init} is not what recipe {cfg.pretrain!r} makes ({target})")
+    log(f"init: {cfg.init} does not exist yet; running the recipe {cfg.pretrain!r} first")
+    report = run(prev, log)
+    if report.get("stop_signal"):
+        raise SystemExit(128 + int(report["stop_signal"]))
 
 
 def _lineage(pretrained: LoadedModel) -> dict:
