@@ -113,7 +113,7 @@ RECIPES_BY_STAGE = {
     "pretrain": ["aeslc_lm", "base", "chnsenticorp_lm", "en_small", "imdb_lm", "shakespeare", "sms_spam_lm",
                  "tatoeba_lm"],
     "classify": ["chnsenticorp", "imdb", "sms_spam"],
-    "seq2seq": ["aeslc", "tatoeba_en_zh", "tatoeba_zh_en"],
+    "seq2seq": ["aeslc", "aeslc_annotated", "tatoeba_en_zh", "tatoeba_zh_en"],
     "distill": ["distill_imdb", "distill_tatoeba_en_zh"],
 }
 
