@@ -32,6 +32,8 @@ class DecodeConfig:
     batch_size: int = 32
     anti_lm_weight: float = 0.0  # decoders only: MMI-antiLM decoding against generic outputs (BeamConfig)
     anti_lm_tokens: int = 4
+    # summarizers whose folder holds a fitted extract-or-abstract switch (infer/lead_switch.py): use it
+    lead_switch: bool = True
 
     def beam(self, num_beams: int | None = None) -> BeamConfig:
         cfg = BeamConfig(num_beams=num_beams or self.num_beams, max_new_tokens=self.max_new_tokens,
@@ -131,6 +133,31 @@ class Seq2SeqModel(LoadedModel):
                 bar.update(len(sel))
         if bar is not None:
             bar.close()
+        switch = self.config.get("lead_switch")
+        if switch and decode.lead_switch and not isinstance(self.model, Seq2SeqRNN):
+            from .lead_switch import choose
+
+            out = choose(switch, sources, out, self.target_loss)
+        return out
+
+    def target_loss(self, sources: list[str], targets: list[str]) -> np.ndarray:
+        """Mean next-token loss (nats) of each target as the output for its source, one example at a time
+        (the lead switch reads how plausible the e-mail's first sentence is as its subject)."""
+        from ..tasks.seq2seq import Seq2SeqLoss, packed_batch
+
+        if isinstance(self.model, Seq2SeqRNN):
+            raise ValueError("target_loss is for decoder models")
+        examples, _ = encode_pairs(self.tokenizer, sources, targets, self.prefix, block_size=self.model.cfg.block_size,
+                                   max_target_tokens=self.config["max_target_tokens"],
+                                   head_fraction=self.config.get("source_head_fraction", 1.0),
+                                   max_source_tokens=self.config.get("max_source_tokens"),
+                                   prefix_space=self.config.get("prefix_space", False))
+        loss_fn = Seq2SeqLoss(self.model)
+        out = np.zeros(len(examples))
+        with torch.no_grad():
+            for i in range(len(examples)):
+                total, n = loss_fn(packed_batch(examples, [[i]], self.model.cfg.block_size, self.tokenizer.pad_id))
+                out[i] = float(total) / max(1, int(n))
         return out
 
     def _decode(self, prompts: list[list[int]], cfg: BeamConfig, decode: DecodeConfig):
