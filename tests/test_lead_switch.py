@@ -54,3 +54,45 @@ def test_fit_refuses_one_sided_data_and_a_stale_switch():
     switch = lead_switch.fit(sources, summaries, refs, _score, _loss, folds=4)
     with pytest.raises(ValueError, match="refit it"):
         lead_switch.choose({**switch, "features": ["old"]}, sources, summaries, _loss)
+
+
+def test_a_summarizer_run_fits_saves_and_uses_the_switch(tmp_path, tiny_lm_dir):
+    import json
+
+    import pandas as pd
+
+    from scratchlm.infer.seq2seq import load_seq2seq
+    from scratchlm.model import checkpoint as ckpt
+    from scratchlm.stages.seq2seq import build_config, run
+
+    def rows(n, offset):  # half the references repeat the first sentence (the lead wins), half share nothing
+        out = []
+        for i in range(offset, offset + n):
+            first = f"Budget meeting number {i} moved to room {i}."
+            refs = [first, first.lower(), f"budget meeting {i}"] if i % 2 else ["zz qq", "xx yy", "ww vv"]
+            out.append({"source": f"{first}\nPlease bring the forecasts for week {i}.", "target": refs[0],
+                        "r0": refs[0], "r1": refs[1], "r2": refs[2]})
+        return out
+
+    for split, n, offset in (("train", 60, 0), ("validation", 40, 100), ("test", 10, 200)):
+        pd.DataFrame(rows(n, offset)).to_parquet(tmp_path / f"{split}.parquet")
+    over = [f"init={tiny_lm_dir}", f"data.dataset={tmp_path}", "data.reference_columns=[r0,r1,r2]",
+            f"out_root={tmp_path / 'runs'}", "max_target_tokens=16", "train.max_steps=4", "train.micro_batch_size=8",
+            "train.progress=false", "train.tensorboard=false", "train.device=cpu", "train.precision=fp32",
+            "train.threads=1", "decode.num_beams=1", "decode.max_new_tokens=8", "eval_greedy=false",
+            "lead_switch=true"]
+    lines = []
+    report = run(build_config(None, over, defaults={"task": "summarize"}), log=lines.append)
+    assert any("lead switch fitted on 40" in str(x) for x in lines), lines
+    folder = tmp_path / "runs/decoder/model"
+    ckpt.verify(folder)  # config.json was rewritten with a fresh manifest
+    switch = json.loads((folder / "config.json").read_text())["lead_switch"]
+    assert switch["fitted_on"] == 40 and 0 < switch["lead_wins"] < 1
+    preds = [json.loads(x)["beam"] for x in (tmp_path / "runs/decoder/predictions_test.jsonl").read_text().splitlines()]
+    assert any(p.startswith("Budget meeting number") for p in preds)  # the test decode used the switch
+    loaded = load_seq2seq(folder)
+    from scratchlm.infer.seq2seq import DecodeConfig
+
+    src = ["Budget meeting number 201 moved to room 201.\nPlease bring the forecasts."]
+    off = loaded.generate(src, DecodeConfig(num_beams=1, max_new_tokens=8, lead_switch=False))
+    assert report["test_examples"] == 10 and isinstance(off[0], str)

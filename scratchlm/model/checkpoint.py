@@ -260,6 +260,17 @@ def load_optimizer_state(folder: Path) -> dict:
         raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {e})") from e
 
 
+def rewrite_config(folder: Path, config: dict) -> Path:
+    """``folder`` with a new ``config.json`` and every other file as it was, rewritten atomically with a fresh
+    manifest (so the loader's hash check still holds). For facts learnt after the weights were saved, such as a
+    summarizer's fitted lead switch."""
+    folder = Path(folder)
+    verify(folder)
+    keep = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and p.name not in ("config.json", MANIFEST, "model.safetensors")}
+    return save_checkpoint(folder, model_tensors=load_tensors(folder), config=config, extra_files=keep)
+
+
 def step_of(folder: Path) -> int | None:
     """The step of a ``step_0000123`` (or ``step_0000123.old``) folder; None for other names."""
     name = Path(folder).name

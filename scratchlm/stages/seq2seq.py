@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -27,12 +27,13 @@ from ..data.errors import LeakageError
 from ..data.labeled import pretraining_corpora
 from ..data.parallel import ParallelData, ParallelSplit, Seq2SeqDataConfig, load_parallel, test_file_split
 from ..infer.seq2seq import DecodeConfig, Seq2SeqModel, direction, load_seq2seq
+from ..model import checkpoint as ckpt
 from ..model.checkpoint import CheckpointError
 from ..model.folder import LoadedModel, load_decoder, resolve_model
 from ..model.kinds import SEQ2SEQ_TASKS
 from ..model.transformer import Transformer
 from ..tasks.seq2seq import Example, Seq2SeqRNNTask, Seq2SeqTask, encode_pairs, prompt_prefix, with_prefix_space
-from ..tasks.seq2seq_metrics import bleu, chrf, output_diversity, rouge
+from ..tasks.seq2seq_metrics import bleu, chrf, output_diversity, rouge, rouge_mean_refs_score
 from ..tokenizer import Tokenizer
 from ..train.config import TrainConfig
 from .base import (
@@ -83,6 +84,10 @@ class Seq2SeqConfig(StageConfig):
     # target as inside the source (byte-level BPE gives "Enron" and " Enron" different tokens): what a copy
     # head needs to copy a subject's first word. Saved with the model; decoding applies it too.
     prefix_space: bool = False
+    # summarize: after training, fit an extract-or-abstract switch on the validation split (infer/lead_switch.py:
+    # per source, the decoder's summary or the source's first sentence), saved in the model's config.json and
+    # used by every later decode (decode.lead_switch=false turns it off)
+    lead_switch: bool = False
     train: TrainConfig = field(default_factory=_default_train)
 
     def validate(self) -> None:
@@ -184,9 +189,35 @@ def decode_and_report(cfg: Seq2SeqConfig, out: Path, data: ParallelData, log):
 
     def report(info: dict, trainer) -> dict:
         loaded = load_seq2seq(info["model_dir"])
+        if cfg.lead_switch:
+            fit_lead_switch(cfg, loaded, data, log)
+            loaded = load_seq2seq(info["model_dir"])
         return report_seq2seq(cfg, out, data, predictor(loaded, cfg.decode, cfg.train.progress), info, log)
 
     return report
+
+
+def fit_lead_switch(cfg: Seq2SeqConfig, loaded: Seq2SeqModel, data: ParallelData, log) -> dict | None:
+    """Fit the lead switch on the validation split (decoded here without a switch) and write it into the saved
+    model's config.json; a split that cannot train one (too small, or one outcome only) leaves the model as it
+    is, with a warning. Returns the switch."""
+    from ..infer.lead_switch import fit
+
+    if cfg.task != "summarize" or isinstance(loaded.model, Seq2SeqRNN):
+        raise ConfigError("lead_switch is for decoder summarizers (task summarize)")
+    val = data.val
+    hyps = loaded.generate(val.sources, replace(cfg.decode, lead_switch=False), progress=cfg.train.progress)
+    try:
+        switch = fit(val.sources, hyps, val.references, rouge_mean_refs_score(data.tgt_lang), loaded.target_loss)
+    except ValueError as e:
+        log(f"warning: lead switch not fitted on {val.name}: {e}")
+        return None
+    cf = switch["cross_fitted"]
+    log(f"lead switch fitted on {len(val):,} {val.name} examples: cross-fitted, the lead for "
+        f"{cf['lead_chosen']:.0%} of them, mean ROUGE {100 * cf['score']:.2f} "
+        f"(summary {100 * cf['summary_score']:.2f}, lead {100 * cf['lead_score']:.2f})")
+    ckpt.rewrite_config(loaded.folder, {**loaded.config, "lead_switch": switch})
+    return switch
 
 
 def predictor(loaded: Seq2SeqModel, decode: DecodeConfig, progress: bool):

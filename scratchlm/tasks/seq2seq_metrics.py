@@ -150,6 +150,20 @@ def rouge(hyps: Sequence[str], refs_list: Sequence[Sequence[str]], lang: str = "
     return out
 
 
+def rouge_mean_refs_score(lang: str = "en"):
+    """``score(hyp, refs)``: ROUGE-1/2/L F1 each averaged over the references, then over the three (0-1): one
+    example's number, for choosing between outputs (the lead switch's label)."""
+    scorer = rouge_scorer_for(lang)
+
+    def score(hyp: str, refs: Sequence[str]) -> float:
+        if lang == "zh":
+            hyp, refs = char_spaced(hyp), [char_spaced(r) for r in refs]
+        each = [scorer.score(r, hyp) for r in refs]
+        return float(np.mean([np.mean([sc[t].fmeasure for sc in each]) for t in ROUGE_TYPES]))
+
+    return score
+
+
 def output_diversity(hyps: Sequence[str]) -> dict:
     """How much the outputs collapse onto a few frequent lines (a summarizer writing the same training subject
     for every e-mail scores a few ROUGE points and says nothing): the number of distinct outputs and the most
