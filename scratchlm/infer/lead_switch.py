@@ -6,7 +6,8 @@ of the two per e-mail, an oracle, scores ~9 ROUGE-1 above either). Surface featu
 self-contained first sentence is a subject already; a long one or a greeting is not), and the decoder tells
 the rest: how plausible the lead is, as this e-mail's subject, against its own summary. The switch is fitted on
 held-out sources with their references (:func:`fit`), saved in the model's ``config.json`` (``lead_switch``)
-and applied by ``Seq2SeqModel.generate`` (:func:`choose`); applying it needs numpy only.
+and applied by ``Seq2SeqModel.generate`` (:func:`choose`); applying it costs two decoder loss passes per
+source (the lead and the summary as targets) and a dot product.
 """
 
 from __future__ import annotations
