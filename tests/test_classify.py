@@ -62,6 +62,30 @@ def test_batches_do_not_depend_on_accumulation_or_processes():
     assert len(set(seen.tolist())) == len(seen) == 48
 
 
+class _FirstTokenOracle(torch.nn.Module):
+    """Predicts the label that the row's first token encodes (token 1 -> class 0, token 2 -> class 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, idx, mask):
+        return torch.nn.functional.one_hot(idx[:, 0] - 1, 2).float() * 10 + self.w
+
+
+def test_a_capped_evaluation_scores_a_seeded_sample_not_the_first_rows():
+    # the validation rows sorted by label, as IMDb's file is: the first 20 rows are all negative
+    labels = np.array([0] * 50 + [1] * 50)
+    rows = [np.array([1 + y, 5, 6]) for y in labels]
+    task = ClassifyTask(_FirstTokenOracle(), rows, labels, rows, labels, num_labels=2, pad_id=0,
+                        eval_batch_size=10)
+    capped = task.evaluate(task.model, max_batches=2)
+    # a perfect model scores macro F1 1.0 only when both classes are in the sample (the first 20 rows give 0.5)
+    assert capped["val_accuracy"] == 1.0 and capped["val_f1"] == 1.0
+    assert task.evaluate(task.model, max_batches=2) == capped  # the same sample at every evaluation
+    assert task.evaluate(task.model, max_batches=0)["val_f1"] == 1.0
+
+
 def test_length_grouping_cuts_padding():
     task = _task(n=2000)
     padded = real = 0
